@@ -1,0 +1,93 @@
+import json
+import os
+
+import pytest
+
+from bert_common import BertConfig
+
+
+def test_minilm_config_round_trips_every_key(minilm_dir, tmp_path):
+    with open(os.path.join(minilm_dir, "config.json")) as f:
+        original = json.load(f)
+    cfg = BertConfig.from_pretrained(minilm_dir)
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (6, 384, 12)
+    out = cfg.to_dict()
+    for key, value in original.items():  # nothing lost, nothing changed
+        assert key in out and out[key] == value, key
+    cfg.save_pretrained(tmp_path)
+    again = BertConfig.from_pretrained(tmp_path)
+    assert again == cfg and again.to_dict() == out
+
+
+def test_unknown_keys_survive_and_labels_serialise():
+    cfg = BertConfig.from_dict({"hidden_size": 64, "num_attention_heads": 4, "my_custom_key": [1, {"a": 2}],
+                                "id2label": {"0": "neg", "1": "neu", "2": "pos"}})
+    d = cfg.to_dict()
+    assert d["my_custom_key"] == [1, {"a": 2}]
+    assert cfg.num_labels == 3 and cfg.id2label[2] == "pos" and cfg.label2id["neu"] == 1
+    assert d["id2label"] == {"0": "neg", "1": "neu", "2": "pos"}  # JSON keys are strings, as in HF
+    assert BertConfig.from_dict(json.loads(json.dumps(d))) == cfg
+
+
+def test_num_labels_builds_default_labels():
+    cfg = BertConfig(num_labels=5)
+    assert cfg.num_labels == 5 and cfg.id2label[4] == "LABEL_4"
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("hidden_size", 30, "hidden_size=30 is not divisible by num_attention_heads=12"),
+    ("hidden_act", "gelu_bogus", "hidden_act='gelu_bogus'"),
+    ("position_embedding_type", "rotary", "position_embedding_type='rotary'"),
+    ("vocab_size", 0, "vocab_size must be a positive int"),
+    ("num_hidden_layers", -1, "num_hidden_layers must be a positive int"),
+    ("hidden_dropout_prob", 1.5, "hidden_dropout_prob"),
+    ("layer_norm_eps", 0, "layer_norm_eps"),
+    ("problem_type", "ranking", "problem_type='ranking'"),
+    ("attn_implementation", "flash", "attn_implementation='flash'"),
+    ("chunk_size_feed_forward", 4, "chunk_size_feed_forward=4 is not supported"),
+])
+def test_validation_names_the_field(field, value, needle):
+    with pytest.raises(ValueError) as e:
+        BertConfig(**{field: value})
+    assert needle in str(e.value)
+
+
+def test_cross_attention_requires_decoder():
+    with pytest.raises(ValueError, match="add_cross_attention=True requires is_decoder=True"):
+        BertConfig(add_cross_attention=True)
+
+
+def test_explicit_numerics():
+    cfg = BertConfig(hidden_act="gelu_new")
+    assert cfg.layer_norm_eps == 1e-12 and cfg.gelu_variant == "gelu_tanh"
+    assert BertConfig().gelu_variant == "gelu_exact"
+    assert BertConfig(classifier_dropout=None, hidden_dropout_prob=0.2).classifier_dropout_prob == 0.2
+
+
+def test_hf_attn_key_is_read():
+    assert BertConfig.from_dict({"_attn_implementation": "eager"}).attn_implementation == "eager"
+
+
+def test_missing_and_malformed_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json in"):
+        BertConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="malformed JSON"):
+        BertConfig.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 7}))
+    with pytest.raises(ValueError, match=r"config.json: BertConfig.hidden_size=7"):
+        BertConfig.from_pretrained(tmp_path)
+
+
+def test_agrees_with_hf_config_defaults():
+    transformers = pytest.importorskip("transformers")
+    ours, theirs = BertConfig().to_dict(), transformers.BertConfig().to_dict()
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+                "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id",
+                "position_embedding_type", "use_cache", "classifier_dropout", "is_decoder", "add_cross_attention",
+                "tie_word_embeddings"):
+        assert ours[key] == theirs[key], key
+    # And HF reads what we write.
+    hf = transformers.BertConfig.from_dict(BertConfig(num_labels=4, hidden_act="gelu_new").to_dict())
+    assert hf.num_labels == 4 and hf.hidden_act == "gelu_new"
