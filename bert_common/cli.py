@@ -79,6 +79,8 @@ def _add_parity(sub) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or a comma list")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "all"))
     p.add_argument("--require-gpu", action="store_true", help="fail if any framework cannot see a GPU")
+    p.add_argument("--checks", default=None,
+                   help="comma list of forward,grads,cache,adamw,train_mode (default: forward,grads,cache)")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--seq", type=int, default=16)
     p.add_argument("--report", help="write a JSON report here")

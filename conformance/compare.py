@@ -1,0 +1,126 @@
+"""Flatten outputs, restrict them to kept positions, and diff two backends tensor by tensor.
+
+Everything here is NumPy. A *flat* output is ``{path: np.ndarray}`` with paths such as
+``last_hidden_state``, ``hidden_states.3``, ``attentions.0``, ``past_key_values.1.2``, ``loss``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import numpy as np
+
+from conformance.tolerances import Tol
+
+# Which axis of a field indexes query positions (compared only where attention_mask == 1).
+# Fields not listed, and per-head fields without a token axis (sequence-level logits), are compared whole.
+SEQ_AXIS: dict[str, int] = {
+    "last_hidden_state": 1, "hidden_states": 1, "attentions": 2, "cross_attentions": 2,
+    "prediction_logits": 1, "start_logits": 1, "end_logits": 1,
+}
+TOKEN_LOGITS = ("BertForMaskedLM", "BertLMHeadModel", "BertForTokenClassification")
+# Forward order of fields, so a report names the *first* tensor that went wrong.
+FIELD_ORDER = ("hidden_states", "attentions", "cross_attentions", "last_hidden_state", "pooler_output",
+               "past_key_values", "prediction_logits", "seq_relationship_logits", "logits", "start_logits",
+               "end_logits", "loss")
+
+
+def flatten_outputs(out: Any, prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict / tuple / list of arrays -> ``{dotted path: float32 array}`` (None leaves dropped)."""
+    flat: dict[str, np.ndarray] = {}
+    if out is None:
+        return flat
+    if isinstance(out, Mapping):
+        for k, v in out.items():
+            flat.update(flatten_outputs(v, f"{prefix}{k}."))
+    elif isinstance(out, (tuple, list)):
+        for i, v in enumerate(out):
+            flat.update(flatten_outputs(v, f"{prefix}{i}."))
+    else:
+        flat[prefix[:-1]] = np.asarray(out, dtype=np.float32)
+    return flat
+
+
+def unflatten_cache(flat: Mapping[str, np.ndarray], key: str = "past_key_values") -> tuple | None:
+    """``past_key_values.{layer}.{j}`` entries -> tuple over layers of tuples of arrays."""
+    layers: dict[int, dict[int, np.ndarray]] = {}
+    for path, arr in flat.items():
+        m = re.fullmatch(rf"{key}\.(\d+)\.(\d+)", path)
+        if m:
+            layers.setdefault(int(m.group(1)), {})[int(m.group(2))] = arr
+    if not layers:
+        return None
+    return tuple(tuple(layers[i][j] for j in sorted(layers[i])) for i in sorted(layers))
+
+
+def field_order(path: str) -> tuple:
+    """Sort key: forward order of fields, then layer index."""
+    head = path.split(".")[0]
+    idx = [int(p) for p in path.split(".")[1:] if p.isdigit()]
+    return (FIELD_ORDER.index(head) if head in FIELD_ORDER else len(FIELD_ORDER), idx)
+
+
+def kept(path: str, arr: np.ndarray, mask: np.ndarray | None, model_class: str) -> np.ndarray:
+    """The entries of ``arr`` at kept (unpadded) query positions, flattened. ``mask`` (B, S) or (B, C, S)."""
+    if mask is None:
+        return arr.reshape(-1)
+    head = path.split(".")[0]
+    axis = SEQ_AXIS.get(head)
+    if head == "logits" and model_class in TOKEN_LOGITS:
+        axis = 1
+    m = np.asarray(mask).reshape(-1, np.shape(mask)[-1]).astype(bool)  # (B', S)
+    if axis is None or arr.ndim <= axis or arr.shape[0] != m.shape[0] or arr.shape[axis] != m.shape[1]:
+        return arr.reshape(-1)
+    moved = np.moveaxis(arr, axis, 1)  # (B', S, ...)
+    return moved[m].reshape(-1)
+
+
+@dataclasses.dataclass
+class TensorDiff:
+    path: str
+    max_abs: float
+    ref_max: float
+    passed: bool
+    first_values: tuple[float, float] | None = None  # (ours, reference) at the worst position
+    note: str = ""
+
+    def describe(self) -> str:
+        s = f"{self.path}: max|Δ|={self.max_abs:.3g} (max|ref|={self.ref_max:.3g})"
+        if self.first_values is not None and not self.passed:
+            s += f", first differing values {self.first_values[0]:.7g} vs {self.first_values[1]:.7g}"
+        return s + (f" [{self.note}]" if self.note else "")
+
+
+def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol: Tol,
+                 mask: np.ndarray | None = None, model_class: str = "BertModel",
+                 keys: list[str] | None = None) -> list[TensorDiff]:
+    """Compare every path of ``ref`` (or ``keys``) in forward order. Missing paths and shape mismatches fail."""
+    out = []
+    paths = sorted(set(ref) | set(a), key=field_order) if keys is None else keys
+    for path in paths:
+        if path not in a or path not in ref:
+            out.append(TensorDiff(path, float("inf"), 0.0, False,
+                                  note="missing in " + ("candidate" if path not in a else "reference")))
+            continue
+        x, y = np.asarray(a[path], np.float64), np.asarray(ref[path], np.float64)
+        if x.shape != y.shape:
+            out.append(TensorDiff(path, float("inf"), 0.0, False, note=f"shape {x.shape} vs {y.shape}"))
+            continue
+        xk, yk = kept(path, x, mask, model_class), kept(path, y, mask, model_class)
+        if xk.size == 0:
+            out.append(TensorDiff(path, 0.0, 0.0, True))
+            continue
+        both_nan = np.isnan(xk) & np.isnan(yk)
+        d = np.where(both_nan, 0.0, np.abs(xk - yk))
+        d = np.where(np.isnan(d), np.inf, d)
+        worst = int(np.argmax(d))
+        max_abs, ref_max = float(d[worst]), float(np.nanmax(np.abs(yk))) if not np.all(np.isnan(yk)) else 0.0
+        passed = tol.allows(max_abs, ref_max)
+        first = None
+        if not passed:
+            bad = np.flatnonzero(d > tol.abs + tol.rel * ref_max)
+            i = int(bad[0]) if bad.size else worst
+            first = (float(xk[i]), float(yk[i]))
+        out.append(TensorDiff(path, max_abs, ref_max, passed, first))
+    return out

@@ -1,0 +1,176 @@
+"""``bertrio parity``: run the conformance checks on a checkpoint and report.
+
+Exit codes: 0 all pass, 1 any mismatch (or ``--require-gpu`` unmet), 2 bad usage / bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from xml.sax.saxutils import escape, quoteattr
+
+from bert_common.io_utils import atomic_write_text
+from conformance.cases import CACHE_CLASSES, checkpoint_cases
+from conformance.suite import ALL_BACKENDS, ORACLE, Result, Runner, adapter, available_backends
+from conformance.tolerances import TOLERANCES, markdown_table
+
+DTYPES = ("float32", "bfloat16", "float16")
+CHECKS = ("forward", "grads", "cache", "adamw", "train_mode")
+DEFAULT_CHECKS = ("forward", "grads", "cache")
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def select_backends(requested: list[str] | None) -> list[str]:
+    installed = available_backends(ALL_BACKENDS + (ORACLE,))
+    if requested is None:
+        chosen = [b for b in ALL_BACKENDS if b in installed]
+    else:
+        for b in requested:
+            if b not in ALL_BACKENDS + (ORACLE,):
+                raise ValueError(f"--backends: {b!r} is not one of {list(ALL_BACKENDS) + [ORACLE]}")
+            if b not in installed:
+                raise ValueError(f"--backends: {b!r} is not installed (installed: {installed})")
+        chosen = requested
+    if len(chosen) < 2:
+        raise ValueError(f"parity needs at least two backends; available: {installed}")
+    return chosen
+
+
+def run(checkpoint: str, backends: list[str], heads: list[str] | None, dtypes: list[str], devices: list[str],
+        checks: list[str], batch: int = 2, seq: int = 16, log=print) -> tuple[list[Result], dict]:
+    """Run ``checks`` for every case; returns (results, environment record)."""
+    env: dict = {"checkpoint": os.path.abspath(checkpoint), "backends": backends, "dtypes": dtypes,
+                 "devices": devices, "checks": checks, "python": platform.python_version(), "tf32": {}}
+    cases = checkpoint_cases(checkpoint, heads, batch=batch, seq=seq)
+    results: list[Result] = []
+    seconds: dict[str, float] = {b: 0.0 for b in backends}
+    for device in devices:
+        if device == "gpu":
+            for b in backends:
+                env["tf32"][b] = adapter(b).pin_tf32_off()
+        runner = Runner(backends, device=device)
+        for case in cases:
+            if "forward" in checks and "float32" in dtypes:
+                results += runner.forward(case)
+            for dt in dtypes:
+                if dt != "float32":
+                    results += runner.half(case, dt)
+            if "grads" in checks:
+                results += runner.grads(case)
+            if "adamw" in checks:
+                results += runner.adamw(case)
+            if "cache" in checks and case.config.is_decoder and case.model_class in CACHE_CLASSES:
+                results += Runner([b for b in backends if b != ORACLE], device).cache(case)
+            if "train_mode" in checks:
+                results += runner.train_mode(case)
+            runner.release(case)
+        for b, s in runner.seconds.items():
+            seconds[b] += s
+    env["seconds_per_backend"] = seconds
+    return results, env
+
+
+def format_table(results: list[Result], env: dict) -> str:
+    rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "worst tensor", "verdict")]
+    for r in results:
+        w = r.worst
+        rows.append((r.check, r.model_class, f"{r.pair[0]} vs {r.pair[1]}", f"{r.dtype}/{r.device}",
+                     str(len(r.diffs)), f"{w.max_abs:.2e}" if w else "-", w.path if w else "-",
+                     "PASS" if r.passed else "FAIL"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    secs = ", ".join(f"{b} {s:.1f}s" for b, s in env["seconds_per_backend"].items())
+    lines.append(f"time per backend: {secs}")
+    return "\n".join(lines)
+
+
+def to_markdown(results: list[Result], env: dict) -> str:
+    n_fail = sum(not r.passed for r in results)
+    out = [f"# bertrio parity report", "", f"- checkpoint: `{env['checkpoint']}`",
+           f"- backends: {', '.join(env['backends'])}; dtypes: {', '.join(env['dtypes'])}; devices: "
+           f"{', '.join(env['devices'])}", f"- TF32: {env['tf32'] or 'n/a (CPU)'}",
+           f"- verdict: **{'PASS' if not n_fail else f'FAIL ({n_fail} checks)'}**", "",
+           "| check | head | pair | dtype/device | tensors | max abs diff | worst tensor | verdict |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        w = r.worst
+        out.append(f"| {r.check} | {r.model_class} | {r.pair[0]} vs {r.pair[1]} | {r.dtype}/{r.device} | "
+                   f"{len(r.diffs)} | {w.max_abs:.2e} | `{w.path}` | {'PASS' if r.passed else '**FAIL**'} |"
+                   if w else f"| {r.check} | {r.model_class} | {r.pair[0]} vs {r.pair[1]} | - | 0 | - | - | - |")
+    failures = [r for r in results if not r.passed]
+    if failures:
+        out += ["", "## Failures", ""] + [f"- {r.message()}" for r in failures]
+    out += ["", "## Tolerances", "", markdown_table(), ""]
+    return "\n".join(out)
+
+
+def to_junit(results: list[Result], env: dict) -> str:
+    n_fail = sum(not r.passed for r in results)
+    total = sum(r.seconds.get(b, 0.0) for r in results for b in r.seconds)
+    cases = []
+    for r in results:
+        name = quoteattr(f"{r.check}[{r.pair[0]}-{r.pair[1]}-{r.model_class}-{r.variant}-{r.dtype}-{r.device}]")
+        body = ""
+        if not r.passed:
+            body = f"<failure message={quoteattr(r.message().splitlines()[0])}>{escape(r.message())}</failure>"
+        cases.append(f'  <testcase classname="bertrio.parity" name={name} '
+                     f'time="{sum(r.seconds.values()):.3f}">{body}</testcase>')
+    return (f'<?xml version="1.0" encoding="utf-8"?>\n<testsuite name="bertrio-parity" tests="{len(results)}" '
+            f'failures="{n_fail}" errors="0" time="{total:.3f}">\n' + "\n".join(cases) + "\n</testsuite>\n")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from bert_common.cli import EXIT_MISMATCH, EXIT_OK, default_checkpoint
+
+    path = args.checkpoint or default_checkpoint()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    backends = select_backends(_split(args.backends))
+    dtypes = _split(args.dtype) or ["float32"]
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ValueError(f"--dtype: {d!r} is not one of {list(DTYPES)}")
+    devices = {"cpu": ["cpu"], "gpu": ["gpu"], "all": ["cpu", "gpu"]}[args.device]
+    checks = _split(getattr(args, "checks", None)) or list(DEFAULT_CHECKS)
+    for c in checks:
+        if c not in CHECKS:
+            raise ValueError(f"--checks: {c!r} is not one of {list(CHECKS)}")
+    for dev in devices:
+        for d in dtypes:
+            if (d, dev) not in TOLERANCES:
+                raise ValueError(f"no tolerance row for ({d}, {dev})")
+    if args.batch < 1 or args.seq < 2:
+        raise ValueError(f"--batch must be >= 1 and --seq >= 2, got {args.batch} and {args.seq}")
+    missing_gpu = []
+    if "gpu" in devices or args.require_gpu:
+        missing_gpu = [b for b in backends if "gpu" not in adapter(b).devices()]
+        if missing_gpu and (args.require_gpu or "gpu" in devices):
+            print(f"bertrio parity: FAIL: no GPU visible to {', '.join(missing_gpu)} (--require-gpu / --device gpu)",
+                  file=sys.stderr)
+            return EXIT_MISMATCH
+    heads = _split(args.heads)
+    t0 = time.perf_counter()
+    results, env = run(path, backends, heads, dtypes, devices, checks, batch=args.batch, seq=args.seq)
+    env["seconds_total"] = time.perf_counter() - t0
+    print(format_table(results, env))
+    failures = [r for r in results if not r.passed]
+    for r in failures:
+        print(r.message())
+    n = len(results)
+    print(f"parity: {'PASS' if not failures else 'FAIL'} — {n - len(failures)} of {n} checks passed "
+          f"({', '.join(backends)}; {env['seconds_total']:.1f}s)")
+    if args.report:
+        atomic_write_text(args.report, json.dumps({"environment": env, "passed": not failures,
+                                                   "results": [r.to_json() for r in results]}, indent=1) + "\n")
+    if args.junit:
+        atomic_write_text(args.junit, to_junit(results, env))
+    if args.markdown:
+        atomic_write_text(args.markdown, to_markdown(results, env))
+    return EXIT_OK if not failures else EXIT_MISMATCH

@@ -1,0 +1,62 @@
+"""The one tolerance table, keyed by (dtype, device). Mirrored in docs/tolerances.md (a test keeps the two
+in sync). Never add a per-model or per-backend entry: a pair that does not meet its row has a bug.
+
+A quantity passes when ``max|a - b| <= abs + rel * max|reference|`` over the compared positions.
+- ``outputs``: every forward output field (hidden states, attentions, pooler, logits, loss, cache).
+- ``grads``: d loss / d parameter, per canonical parameter (relative to that gradient's largest entry;
+  the ``abs`` floor only matters for parameters whose gradient is exactly zero, e.g. unused rows).
+- ``step``: parameters after one AdamW step.
+Half-precision rows compare a backend run in that dtype against the fp32 reference.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Tol:
+    abs: float
+    rel: float = 0.0
+
+    def allows(self, max_abs: float, ref_max: float) -> bool:
+        return max_abs <= self.abs + self.rel * ref_max
+
+    def describe(self) -> str:
+        if not self.rel:
+            return f"{self.abs:g}"
+        return (f"{self.abs:g} + " if self.abs else "") + f"{self.rel:g} × max abs(ref)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    outputs: Tol
+    grads: Tol
+    step: Tol
+
+
+TOLERANCES: dict[tuple[str, str], Row] = {
+    ("float32", "cpu"): Row(outputs=Tol(1e-5), grads=Tol(1e-8, 1e-5), step=Tol(1e-5)),
+    # GPU fp32 with TF32 pinned off: different reduction orders, same precision class.
+    ("float32", "gpu"): Row(outputs=Tol(1e-5), grads=Tol(1e-8, 1e-5), step=Tol(1e-5)),
+    # Half precision vs the fp32 reference: weights/matmuls in half, softmax and LayerNorm in fp32.
+    ("bfloat16", "cpu"): Row(outputs=Tol(0.0, 6e-2), grads=Tol(1e-6, 1e-1), step=Tol(2e-3)),
+    ("bfloat16", "gpu"): Row(outputs=Tol(0.0, 6e-2), grads=Tol(1e-6, 1e-1), step=Tol(2e-3)),
+    ("float16", "cpu"): Row(outputs=Tol(0.0, 1e-2), grads=Tol(1e-6, 2e-2), step=Tol(2e-3)),
+    ("float16", "gpu"): Row(outputs=Tol(0.0, 1e-2), grads=Tol(1e-6, 2e-2), step=Tol(2e-3)),
+}
+
+
+def tolerance(dtype: str, device: str) -> Row:
+    try:
+        return TOLERANCES[(dtype, device)]
+    except KeyError:
+        raise ValueError(f"no tolerance row for dtype={dtype!r}, device={device!r}; rows: "
+                         f"{sorted(TOLERANCES)}") from None
+
+
+def markdown_table() -> str:
+    lines = ["| dtype | device | outputs | gradients | AdamW step |", "|---|---|---|---|---|"]
+    for (dtype, device), row in TOLERANCES.items():
+        lines.append(f"| {dtype} | {device} | {row.outputs.describe()} | {row.grads.describe()} | "
+                     f"{row.step.describe()} |")
+    return "\n".join(lines)
