@@ -20,10 +20,11 @@ SEQ_AXIS: dict[str, int] = {
     "prediction_logits": 1, "start_logits": 1, "end_logits": 1,
 }
 TOKEN_LOGITS = ("BertForMaskedLM", "BertLMHeadModel", "BertForTokenClassification")
-# Forward order of fields, so a report names the *first* tensor that went wrong.
-FIELD_ORDER = ("hidden_states", "attentions", "cross_attentions", "last_hidden_state", "pooler_output",
-               "past_key_values", "prediction_logits", "seq_relationship_logits", "logits", "start_logits",
-               "end_logits", "loss")
+# Forward order: hidden_states.i enters layer i, attentions.i / caches of layer i come out of it; then the
+# final fields. A report therefore names the *first* tensor on the forward path that went wrong.
+LAYERED = {"hidden_states": 0, "attentions": 1, "cross_attentions": 1, "past_key_values": 1}
+FINAL_ORDER = ("last_hidden_state", "pooler_output", "prediction_logits", "seq_relationship_logits", "logits",
+               "start_logits", "end_logits", "loss")
 
 
 def flatten_outputs(out: Any, prefix: str = "") -> dict[str, np.ndarray]:
@@ -55,10 +56,14 @@ def unflatten_cache(flat: Mapping[str, np.ndarray], key: str = "past_key_values"
 
 
 def field_order(path: str) -> tuple:
-    """Sort key: forward order of fields, then layer index."""
-    head = path.split(".")[0]
-    idx = [int(p) for p in path.split(".")[1:] if p.isdigit()]
-    return (FIELD_ORDER.index(head) if head in FIELD_ORDER else len(FIELD_ORDER), idx)
+    """Sort key giving forward order (see LAYERED / FINAL_ORDER); unknown fields (e.g. grads) keep name order."""
+    parts = path.split(".")
+    head = parts[0]
+    if head in LAYERED and len(parts) > 1 and parts[1].isdigit():
+        return (0, 2 * int(parts[1]) + LAYERED[head], path)
+    if head in FINAL_ORDER:
+        return (1, FINAL_ORDER.index(head), path)
+    return (2, 0, path)
 
 
 def kept(path: str, arr: np.ndarray, mask: np.ndarray | None, model_class: str) -> np.ndarray:

