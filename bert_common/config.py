@@ -189,6 +189,10 @@ class BertConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides: Any) -> "BertConfig":
         d = dict(d)
+        if "num_labels" in overrides and "id2label" not in overrides:
+            # An explicit num_labels replaces the stored label names (HF's from_pretrained(num_labels=...)).
+            d.pop("id2label", None)
+            d.pop("label2id", None)
         d.update(overrides)
         num_labels = d.pop("num_labels", None)
         if d.get("id2label") is not None:

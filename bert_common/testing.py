@@ -25,6 +25,9 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+CROSS_ATTENTION_CLASSES = ("BertModel", "BertLMHeadModel")
+
+
 def tiny_config(variant: str = "absolute", **overrides) -> BertConfig:
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not one of {list(VARIANTS)}")
@@ -65,7 +68,8 @@ def random_inputs(config: BertConfig, model_class: str = "BertModel", batch: int
     types = np.zeros(lead + (seq,), np.int64)
     types[..., seq // 2:] = min(1, config.type_vocab_size - 1)
     out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-    if config.add_cross_attention:
+    # Only BertModel and BertLMHeadModel take encoder states (as in Hugging Face).
+    if config.add_cross_attention and model_class in CROSS_ATTENTION_CLASSES:
         out["encoder_hidden_states"] = rng.standard_normal((batch, encoder_seq, config.hidden_size)).astype(np.float32)
         emask = np.ones((batch, encoder_seq), np.int64)
         emask[0, -1] = 0

@@ -15,7 +15,8 @@ CACHE_CLASSES = ("BertModel", "BertLMHeadModel")  # the classes whose outputs ca
 
 def tiny_case(variant: str, model_class: str, seed: int = 0, batch: int = 2, seq: int = 7) -> Case:
     """Weights and batch generated once from a seed, identical for every backend."""
-    cfg = tiny_config(variant)
+    # Question answering splits its logits into start/end: HF requires num_labels == 2 there.
+    cfg = tiny_config(variant, **({"num_labels": 2} if model_class == "BertForQuestionAnswering" else {}))
     state = random_weights(cfg, model_class, seed=seed)
     inputs = random_inputs(cfg, model_class, batch=batch, seq=seq, seed=seed + 1)
     return Case(model_class, variant, cfg, state, inputs)
@@ -74,7 +75,9 @@ def checkpoint_cases(path: str, heads: list[str] | None = None, batch: int = 2, 
         if h not in HEADS:
             raise ValueError(f"--heads: {h!r} is not one of {list(HEADS)} (or 'all')")
     cases = []
+    base_config = config
     for h in heads:
+        config = base_config.replace(num_labels=2) if h == "BertForQuestionAnswering" else base_config
         params, _ = match_state_dict(state, config, h, allow_new_head=True, seed=seed)
         params = {k: np.asarray(v, np.float32) for k, v in params.items()}
         inputs = _encode(path, config, batch, seq, 3, h)

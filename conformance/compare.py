@@ -103,6 +103,8 @@ def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol
     """Compare every path of ``ref`` (or ``keys``) in forward order. Missing paths and shape mismatches fail."""
     out = []
     paths = sorted(set(ref) | set(a), key=field_order) if keys is None else keys
+    global_max = max((float(np.nanmax(np.abs(np.asarray(v, np.float64)))) for v in ref.values()
+                      if np.size(v) and not np.all(np.isnan(v))), default=0.0) if tol.global_rel else 0.0
     for path in paths:
         if path not in a or path not in ref:
             out.append(TensorDiff(path, float("inf"), 0.0, False,
@@ -121,10 +123,10 @@ def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol
         d = np.where(np.isnan(d), np.inf, d)
         worst = int(np.argmax(d))
         max_abs, ref_max = float(d[worst]), float(np.nanmax(np.abs(yk))) if not np.all(np.isnan(yk)) else 0.0
-        passed = tol.allows(max_abs, ref_max)
+        passed = tol.allows(max_abs, ref_max, global_max)
         first = None
         if not passed:
-            bad = np.flatnonzero(d > tol.abs + tol.rel * ref_max)
+            bad = np.flatnonzero(d > tol.abs + tol.rel * ref_max + tol.global_rel * global_max)
             i = int(bad[0]) if bad.size else worst
             first = (float(xk[i]), float(yk[i]))
         out.append(TensorDiff(path, max_abs, ref_max, passed, first))

@@ -18,11 +18,22 @@ BACKENDS = available_backends(ALL_BACKENDS)
 WITH_ORACLE = BACKENDS + [b for b in available_backends((ORACLE,))]
 needs_two = pytest.mark.skipif(len(BACKENDS) < 2, reason=f"need two backends, have {BACKENDS}")
 CLASSES = list(HEADS)
+LOSS_CLASSES = [c for c in CLASSES if c != "BertModel"]  # BertModel has no loss to differentiate
 # Gradient / AdamW tier: every head on three variants that between them exercise every code path
 # (absolute; relative_key_query with the tanh GELU; decoder with cross-attention).
 GRAD_VARIANTS = ("absolute", "relative_key_query", "cross_attention")
 
 _cases: dict = {}
+
+
+def with_oracle(variant: str, model_class: str) -> list[str]:
+    """Backends plus the HF oracle, except where the oracle itself cannot run the case: HF 4.57 crashes
+    (IndexError in BertEncoder) when a cross-attention config runs a head without encoder states and
+    attentions are requested. Our backends still run and are compared with each other there."""
+    from bert_common.testing import CROSS_ATTENTION_CLASSES
+    if variant == "cross_attention" and model_class not in CROSS_ATTENTION_CLASSES:
+        return BACKENDS
+    return WITH_ORACLE
 
 
 def case(variant: str, model_class: str):
@@ -42,19 +53,19 @@ def _assert(results):
 @pytest.mark.parametrize("model_class", CLASSES)
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_forward_parity(variant, model_class):
-    _assert(Runner(WITH_ORACLE).forward(case(variant, model_class)))
+    _assert(Runner(with_oracle(variant, model_class)).forward(case(variant, model_class)))
 
 
 @needs_two
-@pytest.mark.parametrize("model_class", CLASSES)
+@pytest.mark.parametrize("model_class", LOSS_CLASSES)
 @pytest.mark.parametrize("variant", GRAD_VARIANTS)
 def test_gradient_parity(variant, model_class):
-    _assert(Runner(WITH_ORACLE).grads(case(variant, model_class)))
+    _assert(Runner(with_oracle(variant, model_class)).grads(case(variant, model_class)))
 
 
 @needs_two
 @pytest.mark.slow
-@pytest.mark.parametrize("model_class", CLASSES)
+@pytest.mark.parametrize("model_class", LOSS_CLASSES)
 @pytest.mark.parametrize("variant", GRAD_VARIANTS)
 def test_adamw_step_parity(variant, model_class):
     _assert(Runner(BACKENDS).adamw(case(variant, model_class)))

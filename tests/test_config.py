@@ -91,3 +91,10 @@ def test_agrees_with_hf_config_defaults():
     # And HF reads what we write.
     hf = transformers.BertConfig.from_dict(BertConfig(num_labels=4, hidden_act="gelu_new").to_dict())
     assert hf.num_labels == 4 and hf.hidden_act == "gelu_new"
+
+
+def test_num_labels_override_replaces_stored_labels():
+    cfg = BertConfig(id2label={0: "a", 1: "b", 2: "c"})
+    assert cfg.replace(num_labels=2).id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert BertConfig.from_dict(cfg.to_dict(), num_labels=5).num_labels == 5
+    assert cfg.replace(hidden_size=48, num_attention_heads=4).id2label == cfg.id2label

@@ -2,6 +2,7 @@
 `bertrio parity` exit 1 and name the first tensor on the forward path that went wrong."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -82,8 +83,7 @@ def test_missing_transpose_in_one_mapped_tensor_is_caught(ckpt, tmp_path, monkey
     path, transpose = W.scheme_path(name, scheme)
     if not transpose:
         pytest.skip(f"{VICTIM} stores {name} untransposed; no transpose to drop")
-    broken = W.NamingScheme(scheme.name, scheme.sep, scheme.leaves, scheme.module_renames,
-                            {**scheme.overrides, name: (path, False)}, scheme.suffix)
+    broken = dataclasses.replace(scheme, overrides={**scheme.overrides, name: (path, False)})
     monkeypatch.setitem(W.SCHEMES, VICTIM, broken)
     code, data = _parity(ckpt, tmp_path)
     pair, t = _first_failure(data)
