@@ -223,9 +223,13 @@ class Runner:
     def train_mode(self, case: Case) -> list[Result]:
         """Training-mode outputs (dropout 0 in the case's config) equal eval-mode outputs, per backend."""
         tol = tolerance("float32", self.device).outputs
+        # Dropout 0 everywhere, whatever the checkpoint's config says: training mode must then be a no-op.
+        quiet = case.config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                    classifier_dropout=None)
         results = []
         for b in self.backends:
-            ad, h = adapter(b), self.handle(b, case)
+            ad = adapter(b)
+            h = ad.build(case.model_class, quiet, case.state, dtype="float32", device=self.device)
             ev, _ = self._timed(b, ad.forward, h, case.inputs)
             tr, _ = self._timed(b, ad.forward, h, case.inputs, train=True)
             results.append(Result("train_mode", (f"{b}[train]", f"{b}[eval]"), case.model_class, case.variant,

@@ -1,0 +1,144 @@
+"""Conformance adapter for ``bert_torch`` (interface: ``conformance/adapters/__init__.py``).
+
+NumPy in, flat NumPy dicts out; the suite imports no framework. ``flatten`` is shared with the HF oracle
+adapter (``conformance/adapters/hf.py``), so both name every tensor the same way.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, Mapping
+
+import numpy as np
+
+NAME = "torch"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def devices() -> list[str]:
+    import torch
+    return ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+
+
+def pin_tf32_off() -> str:
+    import torch
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    return ("torch: backends.cuda.matmul.allow_tf32=False, backends.cudnn.allow_tf32=False, "
+            "float32_matmul_precision='highest'")
+
+
+def _to_numpy(x) -> np.ndarray:
+    import torch
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
+def flatten(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Model output -> ``{"logits": a, "hidden_states.0": a, "past_key_values.0.1": a, ...}`` in fp32.
+
+    Nested tuples (hidden states, attentions, the cache) get their indices joined with ".". An object with
+    ``to_legacy_cache`` (a Hugging Face cache) is flattened as its legacy tuple."""
+    flat: dict[str, np.ndarray] = {}
+
+    def walk(prefix: str, v) -> None:
+        if v is None:
+            return
+        if hasattr(v, "to_legacy_cache"):
+            v = v.to_legacy_cache()
+        if isinstance(v, (tuple, list)):
+            for i, item in enumerate(v):
+                walk(f"{prefix}.{i}", item)
+        else:
+            flat[prefix] = _to_numpy(v)
+
+    for key, value in out.items():
+        walk(key, value)
+    return flat
+
+
+def _device(device: str):
+    import torch
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device={device!r} is not one of ['cpu', 'gpu']")
+    return torch.device("cuda" if device == "gpu" else "cpu")
+
+
+def build(model_class: str, config, state: Mapping[str, np.ndarray], dtype: str = "float32", device: str = "cpu"):
+    """A ``bert_torch`` model of ``model_class`` holding ``state`` (canonical fp32), in eval mode."""
+    from bert_torch.modeling import build as _build, resolve_dtype
+    model = _build(model_class, config, state)
+    return model.to(device=_device(device), dtype=resolve_dtype(dtype))
+
+
+def _inputs(model, inputs: Mapping[str, Any]) -> dict:
+    """NumPy -> tensors on the model's device (integers int64; floats in the model dtype, labels fp32)."""
+    import torch
+    out = {}
+    for k, v in inputs.items():
+        a = np.asarray(v)
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if np.issubdtype(a.dtype, np.integer):
+            t = t.long()
+        elif k not in ("labels",):
+            t = t.to(model.dtype)
+        out[k] = t.to(model.device)
+    return out
+
+
+def _past(model, past):
+    import torch
+    if past is None:
+        return None
+    return tuple(tuple(torch.from_numpy(np.asarray(a)).to(model.device, model.dtype) for a in layer)
+                 for layer in past)
+
+
+def forward(handle, inputs, output_hidden_states=True, output_attentions=True, use_cache=None,
+            past_key_values=None, train=False) -> dict[str, np.ndarray]:
+    import torch
+    handle.train(train)
+    kwargs = _inputs(handle, inputs)
+    if use_cache is not None:
+        kwargs["use_cache"] = use_cache
+    if past_key_values is not None:
+        kwargs["past_key_values"] = _past(handle, past_key_values)
+    with torch.no_grad():
+        out = handle(**kwargs, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                     return_dict=True)
+    handle.eval()
+    return flatten(out)
+
+
+def grads(handle, inputs) -> tuple[float, dict[str, np.ndarray]]:
+    """Loss and d loss / d parameter per canonical name (fp32)."""
+    handle.zero_grad(set_to_none=True)
+    out = handle(**_inputs(handle, inputs), return_dict=True)
+    if out.get("loss") is None:
+        raise ValueError("grads needs labels in inputs (the model returned no loss)")
+    out.loss.backward()
+    g = {}
+    for name, p in handle.named_parameters():
+        g[name] = np.zeros(tuple(p.shape), np.float32) if p.grad is None else _to_numpy(p.grad)
+    handle.zero_grad(set_to_none=True)
+    return float(out.loss.detach()), g
+
+
+def adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6) -> dict[str, np.ndarray]:
+    """One ``torch.optim.AdamW`` step (no decay on biases and LayerNorm); returns the canonical state."""
+    import torch
+    from bert_common.weights import no_weight_decay
+    named = list(handle.named_parameters())
+    groups = [{"params": [p for n, p in named if not no_weight_decay(n)], "weight_decay": weight_decay},
+              {"params": [p for n, p in named if no_weight_decay(n)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    handle.eval()  # deterministic step: dropout off, as in the other adapters (checkpoint configs keep 0.1)
+    opt.zero_grad(set_to_none=True)
+    out = handle(**_inputs(handle, inputs), return_dict=True)
+    out.loss.backward()
+    opt.step()
+    return handle.canonical_state_dict()
