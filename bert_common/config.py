@@ -236,9 +236,12 @@ class BertConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> "BertConfig":
-        """Read ``path/config.json`` (or ``path`` itself when it is a file)."""
+        """Read ``path/config.json`` (or ``path`` itself when it is a file). A directory without
+        ``config.json`` but with Google's ``bert_config.json`` (original TF1 releases) uses that."""
         path = os.fspath(path)
         file = os.path.join(path, CONFIG_NAME) if os.path.isdir(path) else path
+        if not os.path.isfile(file) and os.path.isfile(os.path.join(path, "bert_config.json")):
+            file = os.path.join(path, "bert_config.json")
         if not os.path.isfile(file) and os.path.isdir(path):
             raise FileNotFoundError(f"no {CONFIG_NAME} in {path}")
         cfg = cls.from_json_file(file)

@@ -194,6 +194,9 @@ class NamingScheme:
     module_renames: tuple[tuple[str, str], ...] = ()
     overrides: Mapping[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
     suffix: str = ""
+    # (regex, replacement) applied in order to the joined path (before ``suffix``), for spellings that
+    # contain the separator of the dotted module path (HF TF's ``layer_._0``).
+    path_renames: tuple[tuple[str, str], ...] = ()
 
 
 def tensor_kind(canonical: str) -> str:
@@ -251,7 +254,10 @@ def scheme_path(canonical: str, scheme: str | NamingScheme) -> tuple[str, bool]:
     for pattern, repl in sc.module_renames:
         module = re.sub(pattern, repl, module)
     parts = module.split(".") + ([leaf] if leaf is not None else [])
-    return sc.sep.join(parts) + sc.suffix, transpose
+    path = sc.sep.join(parts)
+    for pattern, repl in sc.path_renames:
+        path = re.sub(pattern, repl, path)
+    return path + sc.suffix, transpose
 
 
 class WeightMappingError(ValueError):

@@ -1,0 +1,196 @@
+"""``bertrio convert SRC DST``: read weights in any registered format, write them in another.
+
+Order of work, chosen so that bad input never leaves anything behind:
+
+1. check the arguments (format, dtype, shard size, DST not existing unless ``--overwrite``);
+2. find the config (``--config``, else ``config.json`` / ``bert_config.json`` beside SRC);
+3. read every tensor (each reader validates its file: truncation, checksums, unsafe pickles) and check
+   the tensors fit the config (one head class exactly, shapes included);
+4. cast (``--dtype``), then write weights + ``config.json`` + tokenizer files into a temporary sibling
+   of DST that is renamed into place only when complete (``io_utils.atomic_directory``).
+
+Exit codes (``run_cli``): 0 done, 2 bad usage or bad input (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+from bert_common import formats
+from bert_common.checkpoint import copy_tokenizer_files, parse_size
+from bert_common.config import BertConfig
+from bert_common.io_utils import atomic_directory
+from bert_common.weights import IGNORED_BUFFERS, head_spec
+
+try:
+    import ml_dtypes
+    _BF16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
+    _BF16 = None
+
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": _BF16}
+FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")  # what --dtype casts; integer buffers are kept
+SHARDABLE = ("safetensors", "pytorch")  # formats with a sharded layout HF reads
+CONFIG_FILES = ("config.json", "bert_config.json")
+PROGRESS_MIN_BYTES = 64 * 2**20  # show a progress bar only for checkpoints at least this large
+
+
+@dataclasses.dataclass
+class ConvertSummary:
+    """What one conversion did. ``bytes`` is the size of the weight files written."""
+    src_format: str
+    dst_format: str
+    dst: str
+    tensors: int
+    parameters: int
+    bytes: int
+    seconds: float
+    files: list[str]
+    model_class: str | None
+
+    def line(self) -> str:
+        return (f"converted {self.src_format} -> {self.dst_format}: {self.tensors} tensors, "
+                f"{self.parameters:,} parameters, {self.bytes:,} bytes in {self.seconds:.2f} s -> {self.dst}")
+
+
+def _src_dir(src: str) -> str:
+    return src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+
+
+def find_config(src: str, config: str | os.PathLike | BertConfig | None) -> BertConfig | None:
+    """The config from ``config`` (a BertConfig or a json path) or beside ``src``; None when there is none."""
+    if isinstance(config, BertConfig):
+        return config
+    if config is not None:
+        path = os.fspath(config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--config {path!r}: no such file")
+        return BertConfig.from_json_file(path)
+    directory = _src_dir(src)
+    for name in CONFIG_FILES:
+        if os.path.isfile(os.path.join(directory, name)):
+            return BertConfig.from_json_file(os.path.join(directory, name))
+    return None
+
+
+def _cast(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
+    if dtype is None or arr.dtype.name not in FLOAT_NAMES or arr.dtype == dtype:
+        return arr
+    return arr.astype(dtype)
+
+
+class _Bar:
+    """A tqdm byte bar for checkpoints of at least PROGRESS_MIN_BYTES, else nothing."""
+
+    def __init__(self, total: int, show: bool, desc: str):
+        self.bar = None
+        if show and total >= PROGRESS_MIN_BYTES:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+
+    def __call__(self, nbytes: int) -> None:
+        if self.bar is not None:
+            self.bar.update(nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _cast_all(state: dict[str, np.ndarray], dtype: np.dtype | None, show: bool) -> dict[str, np.ndarray]:
+    """Cast floating tensors to ``dtype`` one at a time, popping each from ``state`` so its source
+    can be freed (in-memory readers): the peak is one checkpoint plus one tensor, not two checkpoints."""
+    if dtype is None:
+        return state
+    bar = _Bar(int(sum(np.asarray(a).nbytes for a in state.values())), show, f"casting to {dtype.name}")
+    out = {}
+    for name in list(state):
+        arr = np.asarray(state.pop(name))
+        out[name] = _cast(arr, dtype)
+        bar(arr.nbytes)
+    bar.close()
+    return out
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str = "safetensors",
+                       config: str | os.PathLike | BertConfig | None = None, dtype: str | None = None,
+                       shard_size: str | int | None = None, model_class: str | None = None,
+                       overwrite: bool = False, progress: bool = False) -> ConvertSummary:
+    """Convert checkpoint ``src`` (directory, weight file or TF checkpoint prefix) into directory ``dst``.
+
+    Raises ValueError / FileNotFoundError / FileExistsError / ImportError on bad input, before anything
+    is written. Tensors keep their dtype (float32, bfloat16, ...) unless ``dtype`` is given.
+    """
+    start = time.perf_counter()
+    src, dst = os.fspath(src), os.fspath(dst)
+    writable = [n for n, f in formats.FORMATS.items() if f.write is not None]
+    if to not in writable:
+        raise ValueError(f"--to {to!r} is not one of {writable}")
+    if dtype is not None and (dtype not in DTYPES or DTYPES[dtype] is None):
+        raise ValueError(f"--dtype {dtype!r} is not one of {[k for k, v in DTYPES.items() if v is not None]}")
+    if shard_size is not None:
+        if to not in SHARDABLE:
+            raise ValueError(f"--shard-size {shard_size!r} applies to {list(SHARDABLE)} only, not --to {to}")
+        parse_size(shard_size)  # ValueError naming the bad size
+    if model_class is not None:
+        head_spec(model_class)  # ValueError naming the class and the valid ones
+    if not os.path.exists(src) and not os.path.exists(src + ".index"):
+        raise FileNotFoundError(f"SRC {src!r} does not exist")
+    if os.path.exists(dst) and not overwrite:
+        raise FileExistsError(f"DST {dst!r} exists; pass --overwrite to replace it")
+    if os.path.abspath(dst) == os.path.abspath(_src_dir(src)) or os.path.abspath(dst) == os.path.abspath(src):
+        raise ValueError(f"DST {dst!r} is the source directory; write to a new directory")
+
+    cfg = find_config(src, config)
+    state, src_format = formats.read_weights(src, cfg, model_class=model_class)
+    cls = None
+    if cfg is not None:  # refuse weights that do not fit the config before writing anything
+        cls, _ = formats.plan_scheme(state, "torch", cfg, model_class)
+    elif to not in SHARDABLE:
+        raise ValueError(f"--to {to} names tensors by the model's layers and head, which needs the config: "
+                         f"no config.json or bert_config.json beside {src}; pass --config")
+    state = _cast_all(state, DTYPES[dtype] if dtype else None, progress)
+    n_params = int(sum(a.size for n, a in state.items() if n.removeprefix("bert.") not in IGNORED_BUFFERS))
+
+    total = int(sum(a.nbytes for a in state.values()))
+    # The safetensors writer (bert_common.checkpoint) takes no callback; the other writers report
+    # each tensor (or file) they finish.
+    bar = _Bar(total, progress and to != "safetensors", f"writing {to}")
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
+        opts = {"progress": bar} if to != "safetensors" else {}
+        files = formats.write_weights(tmp, cfg, state, to, shard_size=shard_size, model_class=model_class, **opts)
+        bar.close()
+        written = int(sum(os.path.getsize(os.path.join(tmp, f)) for f in files))
+        if cfg is not None:
+            out_cfg = cfg
+            if cls is not None and not cfg.to_dict().get("architectures"):
+                out_cfg = BertConfig.from_dict(cfg.to_dict(), architectures=[cls])
+            if dtype is not None:
+                out_cfg = BertConfig.from_dict(out_cfg.to_dict(), torch_dtype=dtype)
+            out_cfg.save_pretrained(tmp)
+            files.append("config.json")
+        files += copy_tokenizer_files(_src_dir(src), tmp)
+    return ConvertSummary(src_format, to, os.path.abspath(dst), len(state), n_params, written,
+                          time.perf_counter() - start, files, cls)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``bertrio convert``: 0 on success, 2 with a one-line error on bad input (nothing written)."""
+    try:
+        summary = convert_checkpoint(args.src, args.dst, to=args.to, config=args.config, dtype=args.dtype,
+                                     shard_size=args.shard_size, model_class=getattr(args, "model_class", None),
+                                     overwrite=args.overwrite, progress=True)
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        print(f"bertrio convert: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    print("files: " + ", ".join(summary.files))
+    return 0
+
+
+__all__ = ["convert_checkpoint", "run_cli", "ConvertSummary", "find_config"]
