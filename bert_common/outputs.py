@@ -46,7 +46,10 @@ class ModelOutput(dict):
     fields: tuple[str, ...] = ()
     kind: str = "ModelOutput"
 
-    def __init__(self, **values: Any):
+    def __init__(self, items: Any = (), /, **values: Any):
+        # ``items`` (a mapping or (key, value) pairs, like ``dict``) lets tree libraries rebuild an output
+        # from its fields: tf.nest / tf.function output packing and optree call ``type(out)(pairs)``.
+        values = {**dict(items), **values}
         unknown = set(values) - set(self.fields)
         if unknown:
             raise TypeError(f"{self.kind} has no field(s) {sorted(unknown)}; fields are {list(self.fields)}")
