@@ -115,6 +115,8 @@ def adamw_step(handle, inputs: Mapping[str, np.ndarray], lr: float = 1e-3, weigh
             loss = model(**inputs, training=False).loss
         var_list = list(variables.values())
         # Dense gradients: embedding lookups give IndexedSlices, which Keras applies as a sparse update.
-        grads_ = [tf.convert_to_tensor(g) for g in tape.gradient(loss, var_list)]
+        # A variable the loss does not reach (None) steps with a zero gradient, as in torch/optax here.
+        grads_ = [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                  for g, v in zip(tape.gradient(loss, var_list), var_list)]
         opt.apply_gradients(zip(grads_, var_list))
     return model.canonical_state_dict()

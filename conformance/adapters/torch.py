@@ -140,5 +140,8 @@ def adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), e
     opt.zero_grad(set_to_none=True)
     out = handle(**_inputs(handle, inputs), return_dict=True)
     out.loss.backward()
+    for _, p in named:  # a parameter the loss does not reach steps with a zero gradient, as in optax/Keras
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     opt.step()
     return handle.canonical_state_dict()
