@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -27,19 +27,26 @@ FINAL_ORDER = ("last_hidden_state", "pooler_output", "prediction_logits", "seq_r
                "start_logits", "end_logits", "loss")
 
 
-def flatten_outputs(out: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict / tuple / list of arrays -> ``{dotted path: float32 array}`` (None leaves dropped)."""
+def flatten_outputs(out: Any, to_numpy: Callable[[Any], np.ndarray] = np.asarray,
+                    prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict / tuple / list of arrays -> ``{dotted path: float32 array}`` (None leaves dropped).
+
+    ``to_numpy`` converts a framework tensor leaf; a Hugging Face cache object (``to_legacy_cache``) is
+    flattened as its legacy tuple, so every adapter names cache tensors ``past_key_values.{layer}.{j}``.
+    """
     flat: dict[str, np.ndarray] = {}
     if out is None:
         return flat
+    if hasattr(out, "to_legacy_cache"):
+        out = out.to_legacy_cache()
     if isinstance(out, Mapping):
         for k, v in out.items():
-            flat.update(flatten_outputs(v, f"{prefix}{k}."))
+            flat.update(flatten_outputs(v, to_numpy, f"{prefix}{k}."))
     elif isinstance(out, (tuple, list)):
         for i, v in enumerate(out):
-            flat.update(flatten_outputs(v, f"{prefix}{i}."))
+            flat.update(flatten_outputs(v, to_numpy, f"{prefix}{i}."))
     else:
-        flat[prefix[:-1]] = np.asarray(out, dtype=np.float32)
+        flat[prefix[:-1]] = np.asarray(to_numpy(out), dtype=np.float32)
     return flat
 
 

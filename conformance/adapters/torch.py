@@ -39,26 +39,9 @@ def _to_numpy(x) -> np.ndarray:
 
 
 def flatten(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Model output -> ``{"logits": a, "hidden_states.0": a, "past_key_values.0.1": a, ...}`` in fp32.
-
-    Nested tuples (hidden states, attentions, the cache) get their indices joined with ".". An object with
-    ``to_legacy_cache`` (a Hugging Face cache) is flattened as its legacy tuple."""
-    flat: dict[str, np.ndarray] = {}
-
-    def walk(prefix: str, v) -> None:
-        if v is None:
-            return
-        if hasattr(v, "to_legacy_cache"):
-            v = v.to_legacy_cache()
-        if isinstance(v, (tuple, list)):
-            for i, item in enumerate(v):
-                walk(f"{prefix}.{i}", item)
-        else:
-            flat[prefix] = _to_numpy(v)
-
-    for key, value in out.items():
-        walk(key, value)
-    return flat
+    """Model output -> ``{"logits": a, "hidden_states.0": a, "past_key_values.0.1": a, ...}`` in fp32."""
+    from conformance.compare import flatten_outputs
+    return flatten_outputs(out, _to_numpy)
 
 
 def _device(device: str):
