@@ -33,7 +33,7 @@ __all__ = ["BertConfig", "BertModel", "BertForPreTraining", "BertLMHeadModel", "
 
 
 def __getattr__(name: str):
-    # The tokenizer is written separately and imports tensorflow-text style ops; load it only on use.
+    # The tokenizer is written separately and is built from the shared tokenizer spec (core TF ops); load it only on use.
     if name == "TFBertTokenizer":
         from bert_tf.tokenizer import TFBertTokenizer
         return TFBertTokenizer

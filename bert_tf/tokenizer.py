@@ -16,10 +16,12 @@ The pipeline (one story, top to bottom):
                       normalisation)
   2. decode           UTF-8 -> code points
   3. normalise        per-code-point tables: identity / removed / CJK (isolated) / exception (0..k code
-                      points), measured from ``tokenizers.normalizers.BertNormalizer`` itself (a core
-                      dependency of bertrio), so they equal the reference's Unicode data exactly.  With
-                      accent stripping: clean + NFD, then NFD's canonical ordering of combining marks
-                      (a stable sort, in-graph), then drop non-spacing marks + lower-case.
+                      points), built from the one tokenizer spec ``bert_common.tokenization_spec``
+                      through the pure-Python ``BertTokenizer``'s own per-character derivation, so both
+                      tokenizers follow the same data (no ``tokenizers`` needed).  With accent stripping:
+                      clean + NFD, then NFD's canonical ordering of combining marks (a stable sort,
+                      in-graph, by the spec's combining classes), then drop non-spacing marks +
+                      lower-case.
   4. pre-tokenise     whitespace splits and is dropped; punctuation, CJK and sentinels are one-char words
   5. WordPiece        every (start, length <= longest vocab piece) substring of every word is looked up in
                       one hash table at once; a ``tf.while_loop`` then walks the greedy longest match of all
@@ -44,6 +46,9 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from bert_common import tokenization_spec as spec
+from bert_common.tokenization import _MARKS, _Expansion, _ccc
+
 # ==  constants ==========================================================================================
 
 # Sentinels for special / never_split tokens live at the end of plane 16 (private use, "Co"), which the
@@ -57,7 +62,7 @@ _MAX_CODE_POINT = 0x10FFFF
 
 # Per-code-point normalisation kinds (table 3 of the story).
 _IDENTITY, _REMOVED, _EXCEPTION, _ISOLATED = 0, 1, 2, 3
-# Per-code-point pre-tokeniser classes (measured from tokenizers.pre_tokenizers.BertPreTokenizer).
+# Per-code-point pre-tokeniser classes (the spec's step 6: space, PUNCTUATION_RANGES, other).
 _OTHER, _SPACE, _PUNCT = 0, 1, 2
 
 _PADDING = ("longest", "max_length")
@@ -66,6 +71,13 @@ _REQUIRED_ROLES = ("unk_token", "sep_token", "pad_token", "cls_token")
 
 
 # ==  character tables (NumPy, built once per option set) ===============================================
+#
+# Every table comes from the ONE tokenizer spec, bert_common.tokenization_spec, through the per-character
+# derivation the pure-Python BertTokenizer itself uses (imported, not re-implemented): its clean-up + CJK
+# padding + NFD (``_Expansion.decompose``), clean-up + lower-casing (``_Expansion.expand``), the
+# non-spacing marks it drops (``_MARKS``), its lower-casing (``_Expansion.lowercase``) and its combining
+# classes (``_ccc``).  So both tokenizers follow the same data, and building the layer needs neither
+# ``tokenizers`` nor any measurement.
 
 @dataclass(frozen=True)
 class CharMap:
@@ -89,8 +101,8 @@ class CharTables:
     ``first``   clean-up + CJK isolation, then NFD when stripping accents (else lower-casing), per char;
     ``second``  only when stripping accents: drop non-spacing marks + lower-case, per NFD character
                 (applied after NFD's canonical reordering, which needs the whole string);
-    ``ccc_starts``/``ccc_values`` (K,) int32 runs of the canonical combining class, as the reference
-                knows it (only used when stripping accents);
+    ``ccc_starts``/``ccc_values`` (K,) int32 runs of the canonical combining class, as the spec defines
+                it (only used when stripping accents);
     ``class_starts``/``class_values`` (Q,) int32 runs of the pre-tokeniser class (other, space, punct).
     """
     first: CharMap
@@ -101,88 +113,89 @@ class CharTables:
     class_values: np.ndarray
 
 
-@functools.lru_cache(maxsize=1)
-def _probe_code_points() -> tuple[np.ndarray, tuple[str, ...]]:
-    """Every code point except surrogates (which decoded UTF-8 never holds): (K,) int32 and as 1-char strs."""
-    cps = np.array([c for c in range(_MAX_CODE_POINT + 1) if not 0xD800 <= c < 0xE000], np.int32)
-    return cps, tuple(map(chr, cps.tolist()))
+def _range_code_points(ranges: spec.Ranges) -> Iterable[int]:
+    """Every code point of a spec range table, in order."""
+    return (cp for a, b in ranges for cp in range(a, b + 1))
 
 
-def _probe_normalizer(normalizer) -> dict[int, str]:
-    """{code point: normalised string} for every code point whose normalisation is not itself, measured
-    through the reference normaliser.
+@functools.lru_cache(maxsize=None)
+def _may_change(step: str) -> tuple[int, ...]:
+    """Code points that a one-character step of the spec can change: ``"nfd"`` (NFD decomposition),
+    ``"lower"`` (lower-casing) or ``"ccc"`` (non-zero combining class).
 
-    Characters are normalised in chunks joined by "0", which every BERT normaliser keeps as is and which
-    no other character normalises to (checked: the chunk must split back into exactly one part each)."""
-    cps, chars = _probe_code_points()
-    changed: dict[int, str] = {}
-    chunk = 16384
-    for i in range(0, len(chars), chunk):
-        part = chars[i:i + chunk]
-        pieces = normalizer.normalize_str("0".join(part)).split("0")
-        if len(pieces) != len(part):  # pragma: no cover - would mean a new Unicode mapping onto "0"
-            pieces = [normalizer.normalize_str(c) for c in part]
-        changed.update((ord(c), p) for c, p in zip(part, pieces) if p != c)
-    if normalizer.normalize_str("0") != "0":  # pragma: no cover
-        changed[0x30] = normalizer.normalize_str("0")
+    A superset, found by scanning ``unicodedata`` / ``str.lower`` and adding the keys of the spec's
+    override table for that step; the tables below then ask the spec's derivation for each of them, so
+    every code point not listed here is provably left alone by the step."""
+    if step == "nfd":
+        test, overrides = (lambda c: not unicodedata.is_normalized("NFD", c)), spec.NFD_OVERRIDES
+    elif step == "lower":
+        test, overrides = (lambda c: c.lower() != c), spec.LOWERCASE_OVERRIDES
+    elif step == "ccc":
+        test, overrides = unicodedata.combining, spec.CCC_OVERRIDES
+    else:  # pragma: no cover - internal
+        raise ValueError(f"unknown step {step!r}")
+    found = {cp for cp in range(_MAX_CODE_POINT + 1) if not 0xD800 <= cp < 0xE000 and test(chr(cp))}
+    return tuple(sorted(found.union(overrides)))
+
+
+def _first_stage(lowercase: bool, strip_accents: bool, chinese: bool) -> dict[int, str]:
+    """{code point: output} for every code point the per-character first stage changes: the spec's steps
+    2-3 (clean-up, CJK padding), then step 4's NFD decomposition (stripping accents) or step 5's
+    lower-casing (not stripping) -- ``BertTokenizer``'s ``decompose`` / ``expand`` of one character."""
+    exp = _Expansion(chinese, strip_accents, lowercase)
+    per_char = exp.decompose if strip_accents else exp.expand
+    candidates = set(_range_code_points(spec.CONTROL_RANGES + spec.WHITESPACE_RANGES))
+    if chinese:
+        candidates.update(_range_code_points(spec.CJK_RANGES))
+    if strip_accents:
+        candidates.update(_may_change("nfd"))
+    elif lowercase:
+        candidates.update(_may_change("lower"))
+    changed = {}
+    for cp in candidates:
+        out = per_char(cp)
+        if out != chr(cp):
+            changed[cp] = out
     return changed
 
 
-@functools.lru_cache(maxsize=None)
-def _first_stage(lowercase: bool, strip_accents: bool) -> dict[int, str]:
-    """Changed code points of the per-character first stage: clean-up, then NFD (stripping accents) or
-    lower-casing (not stripping). CJK padding is added by ``char_tables``."""
-    from tokenizers import normalizers
-
-    if strip_accents:
-        return _probe_normalizer(normalizers.Sequence([normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=False),
-            normalizers.NFD()]))
-    return _probe_normalizer(normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=False, strip_accents=False, lowercase=lowercase))
-
-
-@functools.lru_cache(maxsize=None)
 def _second_stage(lowercase: bool) -> dict[int, str]:
-    """Changed code points of the second stage (after NFD): drop non-spacing marks, then lower-case.
-    Probed on single characters, which NFD leaves alone when they came out of NFD."""
-    from tokenizers import normalizers
-
-    return _probe_normalizer(normalizers.BertNormalizer(
-        clean_text=False, handle_chinese_chars=False, strip_accents=True, lowercase=lowercase))
+    """{code point: output} for every code point the second stage changes (applied per NFD character,
+    after canonical ordering): drop the spec's non-spacing marks, then lower-case -- what
+    ``BertTokenizer`` does to each character after its canonical ordering."""
+    candidates = set(_MARKS)
+    if lowercase:
+        candidates.update(_may_change("lower"))
+    changed = {}
+    for cp in candidates:
+        c = chr(cp)
+        out = "" if cp in _MARKS else (_Expansion.lowercase(c) if lowercase else c)
+        if out != c:
+            changed[cp] = out
+    return changed
 
 
 @functools.lru_cache(maxsize=1)
 def _combining_classes() -> np.ndarray:
-    """(0x110000,) int16 canonical combining class as the reference's NFD uses it.
-
-    Its Unicode data is older than Python's: a character Python gives a non-zero class is kept only if
-    the reference reorders it against U+1D16D (class 226) or U+1D165 (class 216), measured."""
-    from tokenizers import normalizers
-
-    nfd = normalizers.NFD()
-    hi, lo = "\U0001d16d", "\U0001d165"
-    if nfd.normalize_str("x" + hi + lo) != "x" + lo + hi:  # pragma: no cover - anchors must be known
-        raise RuntimeError("the reference NFD does not reorder U+1D16D U+1D165; cannot measure classes")
+    """(0x110000,) int16 canonical combining class of every code point, as the spec defines it
+    (``unicodedata`` + ``CCC_OVERRIDES``, via ``BertTokenizer``'s ``_ccc``)."""
     ccc = np.zeros(_MAX_CODE_POINT + 1, np.int16)
-    for c in map(chr, range(_MAX_CODE_POINT + 1)):
-        k = unicodedata.combining(c)
-        if not k or unicodedata.normalize("NFD", c) != c:
-            continue
-        if (k < 226 and nfd.normalize_str("x" + hi + c) == "x" + c + hi) or (
-                k > 216 and nfd.normalize_str("x" + c + lo) == "x" + lo + c) or c in (hi, lo):
-            ccc[ord(c)] = k
+    for cp in _may_change("ccc"):
+        ccc[cp] = _ccc(chr(cp))
     return ccc
 
 
 @functools.lru_cache(maxsize=1)
-def _chinese_code_points() -> frozenset[int]:
-    """Code points the reference pads with spaces under handle_chinese_chars (measured, not hard-coded)."""
-    from tokenizers import normalizers
-
-    padded = _probe_normalizer(normalizers.BertNormalizer(
-        clean_text=False, handle_chinese_chars=True, strip_accents=False, lowercase=False))
-    return frozenset(c for c, s in padded.items() if s == f" {chr(c)} ")
+def _pretokenizer_classes() -> np.ndarray:
+    """(0x110000,) int8 pre-tokeniser class of every code point (spec step 6, as ``BertTokenizer``'s word
+    regex applies it): the space splits and is dropped, ``PUNCTUATION_RANGES`` code points are words of
+    their own, anything else merges with its neighbours.  (Normalised text holds no other whitespace:
+    step 2 turned every ``WHITESPACE_RANGES`` code point into a space.)"""
+    classes = np.full(_MAX_CODE_POINT + 1, _OTHER, np.int8)
+    for a, b in spec.PUNCTUATION_RANGES:
+        classes[a:b + 1] = _PUNCT
+    classes[ord(" ")] = _SPACE
+    return classes
 
 
 def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,47 +205,17 @@ def _runs(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return starts, values[starts].astype(np.int32)
 
 
-@functools.lru_cache(maxsize=None)
-def _pretokenizer_classes() -> np.ndarray:
-    """(0x110000,) int8 pre-tokeniser class of every code point, measured with BertPreTokenizer.
-
-    Each character is probed between two "a"s: a character covered by no piece is whitespace (dropped),
-    one that is a piece of its own is punctuation (isolated), anything else merges with its neighbours."""
-    from tokenizers import pre_tokenizers
-
-    pre = pre_tokenizers.BertPreTokenizer()
-    classes = np.zeros(_MAX_CODE_POINT + 1, np.int8)
-    cps, chars = _probe_code_points()
-    chunk = 65536
-    for i in range(0, len(cps), chunk):
-        part = cps[i:i + chunk]
-        text = "a" + "a".join(chars[i:i + chunk]) + "a"
-        covered = np.zeros(len(text), bool)
-        alone = np.zeros(len(text), bool)
-        for _, (s, e) in pre.pre_tokenize_str(text):
-            covered[s:e] = True
-            if e - s == 1:
-                alone[s] = True
-        pos = np.arange(len(part)) * 2 + 1
-        cls = np.where(~covered[pos], _SPACE, np.where(alone[pos], _PUNCT, _OTHER))
-        classes[part] = cls
-    return classes
-
-
-def _char_map(changed: dict[int, str], chinese: frozenset[int] = frozenset()) -> CharMap:
-    """Encode {code point: output} (others map to themselves) as a CharMap; ``chinese`` code points are
-    padded with spaces around their output, as the reference does."""
+def _char_map(changed: dict[int, str]) -> CharMap:
+    """Encode {code point: output} (others map to themselves) as a CharMap. A code point whose output is
+    itself padded with spaces (a CJK character under ``tokenize_chinese_chars``) is kept as is and
+    flagged "isolated" instead."""
     kinds = np.full(_MAX_CODE_POINT + 1, _IDENTITY, np.int8)
-    kinds[0xD800:0xE000] = _REMOVED
+    kinds[0xD800:0xE000] = _REMOVED      # lone surrogates are removed, as by BertTokenizer's clean-up
     exceptions: dict[int, list[int]] = {}
-    for c in set(changed) | chinese:
-        s = changed.get(c, chr(c))
-        if c in chinese:
-            s = f" {s} "
-            if s == f" {chr(c)} ":
-                kinds[c] = _ISOLATED
-                continue
-        if s == "":
+    for c, s in changed.items():
+        if s == f" {chr(c)} ":
+            kinds[c] = _ISOLATED
+        elif s == "":
             kinds[c] = _REMOVED
         else:
             kinds[c] = _EXCEPTION
@@ -248,14 +231,14 @@ def _char_map(changed: dict[int, str], chinese: frozenset[int] = frozenset()) ->
 
 @functools.lru_cache(maxsize=None)
 def char_tables(lowercase: bool, strip_accents: bool, tokenize_chinese_chars: bool) -> CharTables:
-    """The normalisation and class tables for one option set (cached; a few seconds the first time)."""
-    first = _first_stage(lowercase, strip_accents)
-    # Sentinels are only sound if the reference deletes every raw character of their block (so none can
-    # mean anything in real text).
+    """The normalisation and class tables for one option set, from ``bert_common.tokenization_spec``
+    (cached; well under a second the first time)."""
+    first = _first_stage(lowercase, strip_accents, tokenize_chinese_chars)
+    # Sentinels are only sound if the spec deletes every raw character of their block (so none can mean
+    # anything in real text).
     if any(first.get(c) != "" for c in range(_SENTINEL_BASE, _SENTINEL_LAST + 1)):  # pragma: no cover
-        raise RuntimeError("the reference normaliser keeps a character of the sentinel block "
+        raise RuntimeError("the tokenizer spec keeps a character of the sentinel block "
                            f"U+{_SENTINEL_BASE:X}..U+{_SENTINEL_LAST:X}; the tokenizer needs another block")
-    chinese = _chinese_code_points() if tokenize_chinese_chars else frozenset()
     classes = _pretokenizer_classes().copy()
     classes[_SENTINEL_BASE:_SENTINEL_BASE + _MAX_SPECIAL] = _PUNCT
     if strip_accents:
@@ -263,7 +246,7 @@ def char_tables(lowercase: bool, strip_accents: bool, tokenize_chinese_chars: bo
         ccc_starts, ccc_values = _runs(_combining_classes())
     else:
         second, ccc_starts, ccc_values = None, np.zeros(1, np.int32), np.zeros(1, np.int32)
-    return CharTables(_char_map(first, chinese), second, ccc_starts, ccc_values, *_runs(classes))
+    return CharTables(_char_map(first), second, ccc_starts, ccc_values, *_runs(classes))
 
 
 # ==  vocabulary and options ============================================================================

