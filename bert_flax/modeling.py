@@ -32,7 +32,7 @@ from jax.experimental import checkify
 
 from bert_common.config import BertConfig
 from bert_common.generation import generate as _generate_loop
-from bert_common.outputs import OUTPUT_CLASSES, output_for
+from bert_common.outputs import OUTPUT_CLASSES, OUTPUT_FIELDS, OUTPUT_OF, output_for
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend
 from bert_common.validation import check_inputs, input_limits, length_message, range_message
 from bert_common.weights import HEADS, init_weights, match_state_dict, to_scheme
@@ -533,7 +533,9 @@ class BertPreTrainedModel:
             use_cache = self.config.use_cache if self.config.is_decoder else False
         # HF semantics: only a decoder caches (an encoder's bidirectional attention cannot be extended),
         # and a forward with labels (training the LM head) returns no cache.
-        use_cache = bool(use_cache) and self.config.is_decoder and not has_labels
+        # A head whose output has no cache field (classification, QA, ...) never builds one.
+        use_cache = (bool(use_cache) and self.config.is_decoder and not has_labels
+                     and "past_key_values" in OUTPUT_FIELDS[OUTPUT_OF[self.model_class]])
         return bool(train), bool(output_attentions), bool(output_hidden_states), use_cache
 
     def _forward(self, params, batch, dropout_rng, flags) -> dict:
