@@ -96,9 +96,10 @@ class TensorDiff:
     passed: bool
     first_values: tuple[float, float] | None = None  # (ours, reference) at the worst position
     note: str = ""
+    rel_norm: float = 0.0  # ‖Δ‖₂ / ‖ref‖₂
 
     def describe(self) -> str:
-        s = f"{self.path}: max|Δ|={self.max_abs:.3g} (max|ref|={self.ref_max:.3g})"
+        s = f"{self.path}: max|Δ|={self.max_abs:.3g} (max|ref|={self.ref_max:.3g}, ‖Δ‖/‖ref‖={self.rel_norm:.2g})"
         if self.first_values is not None and not self.passed:
             s += f", first differing values {self.first_values[0]:.7g} vs {self.first_values[1]:.7g}"
         return s + (f" [{self.note}]" if self.note else "")
@@ -130,11 +131,13 @@ def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol
         d = np.where(np.isnan(d), np.inf, d)
         worst = int(np.argmax(d))
         max_abs, ref_max = float(d[worst]), float(np.nanmax(np.abs(yk))) if not np.all(np.isnan(yk)) else 0.0
-        passed = tol.allows(max_abs, ref_max, global_max)
+        diff_norm, ref_norm = float(np.sqrt(np.sum(d * d))), float(np.sqrt(np.nansum(yk * yk)))
+        passed = tol.allows(max_abs, ref_max, global_max, diff_norm, ref_norm, xk.size)
         first = None
         if not passed:
             bad = np.flatnonzero(d > tol.abs + tol.rel * ref_max + tol.global_rel * global_max)
             i = int(bad[0]) if bad.size else worst
             first = (float(xk[i]), float(yk[i]))
-        out.append(TensorDiff(path, max_abs, ref_max, passed, first))
+        rel_norm = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
+        out.append(TensorDiff(path, max_abs, ref_max, passed, first, rel_norm=rel_norm))
     return out

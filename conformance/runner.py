@@ -85,11 +85,12 @@ def run(checkpoint: str, backends: list[str], heads: list[str] | None, dtypes: l
 
 
 def format_table(results: list[Result], env: dict) -> str:
-    rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "worst tensor", "verdict")]
+    rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "max ‖Δ‖/‖ref‖", "worst tensor", "verdict")]
     for r in results:
         w = r.worst
+        rel = max((d.rel_norm for d in r.diffs), default=0.0)
         rows.append((r.check, r.model_class, f"{r.pair[0]} vs {r.pair[1]}", f"{r.dtype}/{r.device}",
-                     str(len(r.diffs)), f"{w.max_abs:.2e}" if w else "-", w.path if w else "-",
+                     str(len(r.diffs)), f"{w.max_abs:.2e}" if w else "-", f"{rel:.1e}", w.path if w else "-",
                      "PASS" if r.passed else "FAIL"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]

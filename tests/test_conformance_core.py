@@ -60,3 +60,19 @@ def test_failures_are_reported_in_forward_order_and_nan_is_a_failure():
     assert both_nan[0].passed  # HF semantics: an all-ignored loss is NaN in every backend
     missing = diff_tensors({}, {"pooler_output": np.zeros(2)}, Tol(1.0))
     assert not missing[0].passed and "missing in candidate" in missing[0].note
+
+
+def test_gradient_rows_are_norm_wise_and_still_catch_real_errors():
+    rng = np.random.default_rng(0)
+    ref = {"grad.w": rng.standard_normal(10_000).astype(np.float64)}
+    tol = tolerance("float32", "cpu").grads
+    noisy = {"grad.w": ref["grad.w"].copy()}
+    noisy["grad.w"][7] += 5e-5 * np.abs(ref["grad.w"]).max()  # one entry off by 5e-5 of the max: fp32 noise
+    assert diff_tensors(noisy, ref, tol)[0].passed
+    wrong = {"grad.w": ref["grad.w"] * (1 + 1e-4)}  # a systematic 1e-4 relative error everywhere
+    d = diff_tensors(wrong, ref, tol)[0]
+    assert not d.passed and d.rel_norm == pytest.approx(1e-4, rel=1e-3)
+    # A mathematically-zero gradient holding rounding noise passes; a real gradient there does not.
+    ref2 = {"grad.big": np.ones(100), "grad.zero": np.zeros(50)}
+    assert all(x.passed for x in diff_tensors({"grad.big": np.ones(100), "grad.zero": np.full(50, 1e-8)}, ref2, tol))
+    assert not diff_tensors({"grad.big": np.ones(100), "grad.zero": np.full(50, 1e-4)}, ref2, tol)[1].passed
