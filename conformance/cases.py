@@ -34,8 +34,15 @@ SAMPLE_TEXTS = [
 
 
 def _encode(path: str, config, batch: int, seq: int, num_choices: int, model_class: str) -> dict[str, np.ndarray]:
-    """Real text through the checkpoint's own vocabulary when it has one, else seeded random ids."""
-    pairs = [SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)] for i in range(batch)]
+    """Real text through the checkpoint's own vocabulary when it has one, else seeded random ids.
+    Multiple choice gets a different second segment per choice (identical choices would make every
+    gradient exactly zero)."""
+    if model_class == "BertForMultipleChoice":
+        per_choice = [_encode(path, config, batch, seq, 0, f"choice{j}") for j in range(num_choices)]
+        return {k: np.stack([c[k] for c in per_choice], axis=1) for k in per_choice[0]}
+    shift = int(model_class[6:]) if model_class.startswith("choice") else 0
+    pairs = [(SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)][0], SAMPLE_TEXTS[(i + shift) % len(SAMPLE_TEXTS)][1])
+             for i in range(batch)]
     enc = None
     if os.path.isfile(os.path.join(path, "vocab.txt")):
         try:
@@ -52,10 +59,8 @@ def _encode(path: str, config, batch: int, seq: int, num_choices: int, model_cla
         except (ImportError, AttributeError, ValueError):
             enc = None
     if enc is None:
-        enc = random_inputs(config, "BertModel", batch=batch, seq=seq, labels=False)
+        enc = random_inputs(config, "BertModel", batch=batch, seq=seq, labels=False, seed=shift)
         enc = {k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-    if model_class == "BertForMultipleChoice":
-        enc = {k: np.repeat(v[:, None], num_choices, axis=1) for k, v in enc.items()}
     return enc
 
 
