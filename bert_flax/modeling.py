@@ -739,7 +739,7 @@ class BertClsHeads(nn.Module):
         return out
 
 
-def cross_entropy(logits, labels, ignore_index: int = -100):
+def _ce(logits, labels, ignore_index: int = -100):
     """Mean CE over labels != ignore_index (HF's CrossEntropyLoss). logits (..., C), labels (...) int.
 
     Every label ignored gives 0/0 = NaN, as in HF.
@@ -760,7 +760,12 @@ def bce_with_logits(logits, targets):
     return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
 
 
-def classification_loss(config: BertConfig, logits, labels):
+def causal_lm_loss(logits, labels):
+    """Next-token CE: logits[:, :-1] (B, S-1, V) against labels[:, 1:] (B, S-1), ignoring -100."""
+    return _ce(logits[:, :-1], labels[:, 1:])
+
+
+def sequence_classification_loss(logits, labels, config: BertConfig):
     """HF's sequence-classification loss selection; the config is not mutated. logits (B, L)."""
     problem = config.problem_type
     if problem is None:
@@ -775,7 +780,7 @@ def classification_loss(config: BertConfig, logits, labels):
             return mse_loss(logits.reshape(-1), labels.reshape(-1))
         return mse_loss(logits, labels)
     if problem == "single_label_classification":
-        return cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1).astype(jnp.int32))
+        return _ce(logits.reshape(-1, config.num_labels), labels.reshape(-1).astype(jnp.int32))
     return bce_with_logits(logits, labels)
 
 
@@ -814,8 +819,8 @@ class BertForPreTrainingModule(_HeadModule):
             out["last_hidden_state"], out["pooler_output"], table)
         res = {"prediction_logits": heads["mlm"], "seq_relationship_logits": heads["nsp"], **rest}
         if "labels" in batch and "next_sentence_label" in batch:
-            res["loss"] = (cross_entropy(heads["mlm"], batch["labels"])
-                           + cross_entropy(heads["nsp"], batch["next_sentence_label"]))
+            res["loss"] = (_ce(heads["mlm"], batch["labels"])
+                           + _ce(heads["nsp"], batch["next_sentence_label"]))
         return res
 
 
@@ -827,7 +832,7 @@ class BertLMHeadModelModule(_HeadModule):
             out["last_hidden_state"], None, table)["mlm"]                           # (B, S, V)
         res = {"logits": logits, **rest}
         if "labels" in batch:  # next-token prediction: position t predicts label t + 1
-            res["loss"] = cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+            res["loss"] = causal_lm_loss(logits, batch["labels"])
         return res
 
 
@@ -839,7 +844,7 @@ class BertForMaskedLMModule(_HeadModule):
             out["last_hidden_state"], None, table)["mlm"]
         res = {"logits": logits, **rest}
         if "labels" in batch:
-            res["loss"] = cross_entropy(logits, batch["labels"])
+            res["loss"] = _ce(logits, batch["labels"])
         return res
 
 
@@ -852,7 +857,7 @@ class BertForNextSentencePredictionModule(_HeadModule):
         res = {"logits": logits, **rest}
         label = batch.get("labels", batch.get("next_sentence_label"))
         if label is not None:
-            res["loss"] = cross_entropy(logits, label)
+            res["loss"] = _ce(logits, label)
         return res
 
 
@@ -865,7 +870,7 @@ class BertForSequenceClassificationModule(_HeadModule):
             self.dropout(out["pooler_output"]))                                      # (B, L)
         res = {"logits": logits, **rest}
         if "labels" in batch:
-            res["loss"] = classification_loss(c, logits, batch["labels"])
+            res["loss"] = sequence_classification_loss(logits, batch["labels"], c)
         return res
 
 
@@ -879,7 +884,7 @@ class BertForMultipleChoiceModule(_HeadModule):
             self.dropout(out["pooler_output"])).reshape(lead)                        # (B, C)
         res = {"logits": logits, **rest}
         if "labels" in batch:
-            res["loss"] = cross_entropy(logits, batch["labels"])
+            res["loss"] = _ce(logits, batch["labels"])
         return res
 
 
@@ -904,8 +909,16 @@ class BertForTokenClassificationModule(_HeadModule):
             self.dropout(out["last_hidden_state"]))                                  # (B, S, L)
         res = {"logits": logits, **rest}
         if "labels" in batch:
-            res["loss"] = cross_entropy(logits.reshape(-1, c.num_labels), batch["labels"].reshape(-1))
+            res["loss"] = _ce(logits.reshape(-1, c.num_labels), batch["labels"].reshape(-1))
         return res
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
+    S = start_logits.shape[1]
+    sp = jnp.clip(start_positions.reshape(-1), 0, S)
+    ep = jnp.clip(end_positions.reshape(-1), 0, S)
+    return (_ce(start_logits, sp, ignore_index=S) + _ce(end_logits, ep, ignore_index=S)) / 2
 
 
 class BertForQuestionAnsweringModule(_HeadModule):
@@ -917,11 +930,7 @@ class BertForQuestionAnsweringModule(_HeadModule):
         start, end = logits[..., 0], logits[..., 1]                                  # (B, S) each
         res = {"start_logits": start, "end_logits": end, **rest}
         if "start_positions" in batch and "end_positions" in batch:
-            S = start.shape[1]
-            # Positions beyond the sequence are clamped to S, and S is ignored (HF semantics).
-            sp = jnp.clip(batch["start_positions"].reshape(-1), 0, S)
-            ep = jnp.clip(batch["end_positions"].reshape(-1), 0, S)
-            res["loss"] = (cross_entropy(start, sp, ignore_index=S) + cross_entropy(end, ep, ignore_index=S)) / 2
+            res["loss"] = span_loss(start, end, batch["start_positions"], batch["end_positions"])
         return res
 
 
