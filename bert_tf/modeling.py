@@ -742,6 +742,11 @@ class BertModel(BertPreTrainedModel):
             with tf.control_dependencies(checks):
                 ids = None if ids is None else tf.identity(ids)
                 embeds = None if embeds is None else tf.identity(embeds)
+                # Every gathered or broadcast input, not only the ids: a position or token-type gather that
+                # does not wait for the asserts may fail first with TF's own message.
+                a = {**a, **{k: tf.identity(a[k]) for k in ("token_type_ids", "position_ids", "attention_mask",
+                                                             "encoder_hidden_states", "encoder_attention_mask")
+                             if a.get(k) is not None}}
         base = ids if ids is not None else embeds[..., 0]
         B, S = tf.shape(base)[0], tf.shape(base)[1]
         mask = a["attention_mask"]
