@@ -139,5 +139,7 @@ def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol
             i = int(bad[0]) if bad.size else worst
             first = (float(xk[i]), float(yk[i]))
         rel_norm = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
-        out.append(TensorDiff(path, max_abs, ref_max, passed, first, rel_norm=rel_norm))
+        # A (near-)zero gradient judged by the RMS floor, not by its own norm: say so in the report.
+        note = "zero gradient" if tol.is_zero_level(ref_norm, global_max, xk.size) else ""
+        out.append(TensorDiff(path, max_abs, ref_max, passed, first, note=note, rel_norm=rel_norm))
     return out

@@ -90,7 +90,8 @@ def format_table(results: list[Result], env: dict) -> str:
     rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "max ‖Δ‖/‖ref‖", "worst tensor", "verdict")]
     for r in results:
         w = r.worst
-        rel = max((d.rel_norm for d in r.diffs if np.isfinite(d.rel_norm)), default=0.0)  # zero refs: see max |Δ|
+        # Norm-wise error over tensors judged by their own norm (zero gradients use the floor; see max |Δ|).
+        rel = max((d.rel_norm for d in r.diffs if np.isfinite(d.rel_norm) and not d.note), default=0.0)
         rows.append((r.check, r.model_class, f"{r.pair[0]} vs {r.pair[1]}", f"{r.dtype}/{r.device}",
                      str(len(r.diffs)), f"{w.max_abs:.2e}" if w else "-", f"{rel:.1e}", w.path if w else "-",
                      "PASS" if r.passed else "FAIL"))

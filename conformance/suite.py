@@ -88,8 +88,9 @@ class Result:
         return {"check": self.check, "pair": list(self.pair), "model_class": self.model_class,
                 "variant": self.variant, "dtype": self.dtype, "device": self.device, "passed": self.passed,
                 "seconds": self.seconds,
-                "tensors": [{"path": d.path, "max_abs": d.max_abs, "ref_max": d.ref_max, "passed": d.passed,
-                             "first_values": d.first_values, "note": d.note} for d in self.diffs]}
+                "tensors": [{"path": d.path, "max_abs": d.max_abs, "ref_max": d.ref_max, "rel_norm": d.rel_norm,
+                             "passed": d.passed, "first_values": d.first_values, "note": d.note}
+                            for d in self.diffs]}
 
 
 @dataclasses.dataclass
