@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from conformance.adapters.torch import _past, _to_numpy, devices, flatten, pin_tf32_off  # noqa: F401
+from conformance.adapters.torch import forward as _torch_forward
 
 NAME = "hf"
 # HF's own tensors that are views of canonical ones (tied) or buffers; absent from canonical state dicts.
@@ -78,18 +79,8 @@ def hf_cache(model, past):
 
 def forward(handle, inputs, output_hidden_states=True, output_attentions=True, use_cache=None,
             past_key_values=None, train=False) -> dict[str, np.ndarray]:
-    import torch
-    handle.train(train)
-    kwargs = _inputs(handle, inputs)
-    if use_cache is not None:
-        kwargs["use_cache"] = use_cache
-    if past_key_values is not None:
-        kwargs["past_key_values"] = hf_cache(handle, past_key_values)
-    with torch.no_grad():
-        out = handle(**kwargs, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-                     return_dict=True)
-    handle.eval()
-    return flatten(out)
+    return _torch_forward(handle, inputs, output_hidden_states, output_attentions, use_cache, past_key_values,
+                          train, to_inputs=_inputs, to_cache=hf_cache)
 
 
 def _canonical_params(handle):

@@ -82,14 +82,15 @@ def _past(model, past):
 
 
 def forward(handle, inputs, output_hidden_states=True, output_attentions=True, use_cache=None,
-            past_key_values=None, train=False) -> dict[str, np.ndarray]:
+            past_key_values=None, train=False, *, to_inputs=None, to_cache=None) -> dict[str, np.ndarray]:
+    """``to_inputs`` / ``to_cache`` let the HF-oracle adapter reuse this with its own conversions."""
     import torch
     handle.train(train)
-    kwargs = _inputs(handle, inputs)
+    kwargs = (to_inputs or _inputs)(handle, inputs)
     if use_cache is not None:
         kwargs["use_cache"] = use_cache
     if past_key_values is not None:
-        kwargs["past_key_values"] = _past(handle, past_key_values)
+        kwargs["past_key_values"] = (to_cache or _past)(handle, past_key_values)
     with torch.no_grad():
         out = handle(**kwargs, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                      return_dict=True)
