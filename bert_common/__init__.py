@@ -13,7 +13,7 @@ __all__ = ["BertConfig", "ModelOutput", "get_backend", "installed_backends", "se
            "BertTokenizer", "BertTokenizerFast", "__version__"]
 
 # Tokenizers load lazily: the fast one imports the `tokenizers` library.
-_LAZY = {"BertTokenizer": "bert_common.tokenization", "BertTokenizerFast": "bert_common.tokenization_fast"}
+_LAZY = {"BertTokenizer": "bert_common.tokenizers.python", "BertTokenizerFast": "bert_common.tokenizers.fast"}
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@ Order of work, chosen so that bad input never leaves anything behind:
 4. cast (``--dtype``), then write weights + ``config.json`` + tokenizer files into a temporary sibling
    of DST that is renamed into place only when complete (``io_utils.atomic_directory``).
 
-Exit codes (``run_cli``): 0 done, 2 bad usage or bad input (nothing written).
+The command line around it is ``bert_common.cli.convert``.
 """
 from __future__ import annotations
 
@@ -179,18 +179,4 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
                           time.perf_counter() - start, files, cls)
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """``bertrio convert``: 0 on success, 2 with a one-line error on bad input (nothing written)."""
-    try:
-        summary = convert_checkpoint(args.src, args.dst, to=args.to, config=args.config, dtype=args.dtype,
-                                     shard_size=args.shard_size, model_class=getattr(args, "model_class", None),
-                                     overwrite=args.overwrite, progress=True)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
-        print(f"bertrio convert: error: {e}", file=sys.stderr)
-        return 2
-    print(summary.line())
-    print("files: " + ", ".join(summary.files))
-    return 0
-
-
-__all__ = ["convert_checkpoint", "run_cli", "ConvertSummary", "find_config"]
+__all__ = ["convert_checkpoint", "ConvertSummary", "find_config"]

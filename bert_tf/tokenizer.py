@@ -16,7 +16,7 @@ The pipeline (one story, top to bottom):
                       normalisation)
   2. decode           UTF-8 -> code points
   3. normalise        per-code-point tables: identity / removed / CJK (isolated) / exception (0..k code
-                      points), built from the one tokenizer spec ``bert_common.tokenization_spec``
+                      points), built from the one tokenizer spec ``bert_common.tokenizers.spec``
                       through the pure-Python ``BertTokenizer``'s own per-character derivation, so both
                       tokenizers follow the same data (no ``tokenizers`` needed).  With accent stripping:
                       clean + NFD, then NFD's canonical ordering of combining marks (a stable sort,
@@ -46,8 +46,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from bert_common import tokenization_spec as spec
-from bert_common.tokenization import _MARKS, _Expansion, _ccc
+from bert_common.tokenizers import spec
+from bert_common.tokenizers.python import _MARKS, _Expansion, _ccc
 
 # ==  constants ==========================================================================================
 
@@ -72,7 +72,7 @@ _REQUIRED_ROLES = ("unk_token", "sep_token", "pad_token", "cls_token")
 
 # ==  character tables (NumPy, built once per option set) ===============================================
 #
-# Every table comes from the ONE tokenizer spec, bert_common.tokenization_spec, through the per-character
+# Every table comes from the ONE tokenizer spec, bert_common.tokenizers.spec, through the per-character
 # derivation the pure-Python BertTokenizer itself uses (imported, not re-implemented): its clean-up + CJK
 # padding + NFD (``_Expansion.decompose``), clean-up + lower-casing (``_Expansion.expand``), the
 # non-spacing marks it drops (``_MARKS``), its lower-casing (``_Expansion.lowercase``) and its combining
@@ -231,7 +231,7 @@ def _char_map(changed: dict[int, str]) -> CharMap:
 
 @functools.lru_cache(maxsize=None)
 def char_tables(lowercase: bool, strip_accents: bool, tokenize_chinese_chars: bool) -> CharTables:
-    """The normalisation and class tables for one option set, from ``bert_common.tokenization_spec``
+    """The normalisation and class tables for one option set, from ``bert_common.tokenizers.spec``
     (cached; well under a second the first time)."""
     first = _first_stage(lowercase, strip_accents, tokenize_chinese_chars)
     # Sentinels are only sound if the spec deletes every raw character of their block (so none can mean

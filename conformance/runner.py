@@ -14,6 +14,7 @@ import time
 import numpy as np
 from xml.sax.saxutils import escape, quoteattr
 
+from bert_common.cli.base import EXIT_MISMATCH, EXIT_OK, default_checkpoint
 from bert_common.io_utils import atomic_write_text
 from conformance.cases import CACHE_CLASSES, checkpoint_cases
 from conformance.suite import ALL_BACKENDS, ORACLE, Result, Runner, adapter, available_backends
@@ -139,8 +140,6 @@ def to_junit(results: list[Result], env: dict) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from bert_common.cli import EXIT_MISMATCH, EXIT_OK, default_checkpoint
-
     path = args.checkpoint or default_checkpoint()
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint directory not found: {path}")

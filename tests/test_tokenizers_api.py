@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from bert_common.tokenization import BertTokenizer
+from bert_common.tokenizers.python import BertTokenizer
 
 IMPLS = ["pure", "fast"]
 TEXTS = ["Hello, world! How are you today?", "Ünïcödé naïve café 中文字 😀 emoji", "",
@@ -21,7 +21,7 @@ def _cls(impl: str):
     if impl == "pure":
         return BertTokenizer
     pytest.importorskip("tokenizers")
-    from bert_common.tokenization_fast import BertTokenizerFast
+    from bert_common.tokenizers.fast import BertTokenizerFast
     return BertTokenizerFast
 
 
@@ -179,7 +179,7 @@ def test_return_tensors(tok, tensor_type):
 def test_tensors_import_framework_only_when_asked(minilm_dir):
     import subprocess
     import sys
-    code = (f"import sys; from bert_common.tokenization import BertTokenizer as T; t = T.from_pretrained({minilm_dir!r}); "
+    code = (f"import sys; from bert_common.tokenizers.python import BertTokenizer as T; t = T.from_pretrained({minilm_dir!r}); "
             "t(['a b', 'c'], padding=True, return_tensors='np'); "
             "print(','.join(m for m in ('torch', 'tensorflow', 'jax', 'tokenizers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

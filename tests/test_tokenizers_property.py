@@ -12,8 +12,8 @@ pytest.importorskip("tokenizers")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bert_common.tokenization import BertTokenizer  # noqa: E402
-from bert_common.tokenization_fast import BertTokenizerFast  # noqa: E402
+from bert_common.tokenizers.python import BertTokenizer  # noqa: E402
+from bert_common.tokenizers.fast import BertTokenizerFast  # noqa: E402
 
 OPTION_SETS = [{}, {"do_lower_case": False}, {"do_lower_case": False, "strip_accents": True},
                {"strip_accents": False}, {"tokenize_chinese_chars": False}]

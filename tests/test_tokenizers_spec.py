@@ -1,4 +1,4 @@
-"""The character tables of bert_common.tokenization_spec: helpers, and (slow) a re-measurement of every
+"""The character tables of bert_common.tokenizers.spec: helpers, and (slow) a re-measurement of every
 code point against the ``tokenizers`` library they were taken from."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from bert_common import tokenization_spec as spec
+from bert_common.tokenizers import spec
 
 RANGE_TABLES = ["CONTROL_RANGES", "WHITESPACE_RANGES", "CJK_RANGES", "PUNCTUATION_RANGES", "NONSPACING_MARK_RANGES"]
 

@@ -13,7 +13,7 @@ The corpus is built deterministically (fixed seed), so re-running gives the same
     .venv/bin/python tests/data/make_tokenizer_golden.py --tables
 
 instead re-measures, code point by code point, the character tables of ``tokenizers``' BERT pipeline
-and rewrites the generated block of ``bert_common/tokenization_spec.py``.
+and rewrites the generated block of ``bert_common/tokenizers/spec.py``.
 """
 from __future__ import annotations
 
@@ -307,9 +307,9 @@ def measure_ccc_overrides(nfd) -> dict:
 
 
 def write_tables(spec_path: str) -> None:
-    """Rewrite the generated block of ``bert_common/tokenization_spec.py`` from ``measure_char_tables``."""
+    """Rewrite the generated block of ``bert_common/tokenizers/spec.py`` from ``measure_char_tables``."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
-    from bert_common.tokenization_spec import to_ranges
+    from bert_common.tokenizers.spec import to_ranges
     import tokenizers
 
     t = measure_char_tables()
@@ -344,6 +344,6 @@ def write_tables(spec_path: str) -> None:
 
 if __name__ == "__main__":
     if "--tables" in sys.argv:
-        write_tables(os.path.join(os.path.dirname(os.path.dirname(HERE)), "bert_common", "tokenization_spec.py"))
+        write_tables(os.path.join(os.path.dirname(os.path.dirname(HERE)), "bert_common", "tokenizers", "spec.py"))
     else:
         main()

@@ -1,9 +1,9 @@
 """``BertTokenizer``: BERT's WordPiece tokenizer in pure Python (standard library only).
 
-It implements the pipeline of ``bert_common.tokenization_spec`` and returns exactly what Hugging Face's
+It implements the pipeline of ``bert_common.tokenizers.spec`` and returns exactly what Hugging Face's
 fast tokenizer returns (ids, offsets, word ids), but without ``tokenizers``: importing this module imports
 no framework and no ``tokenizers``. The HF-compatible ``__call__`` / decode / save machinery is the shared
-``bert_common.tokenizer_api.TokenizerBase``.
+``bert_common.tokenizers.api.TokenizerBase``.
 
 How it stays fast in Python: every distinct character's normalised form ("expansion": cleaned, CJK
 padded, NFD + accent-stripped, lower-cased, per the options) is computed once and cached in a
@@ -18,8 +18,8 @@ import re
 import unicodedata
 from typing import Iterable
 
-from bert_common import tokenization_spec as spec
-from bert_common.tokenizer_api import DEFAULT_INIT, Piece, TokenizerBase, _reject_unknown, read_vocab
+from bert_common.tokenizers import spec
+from bert_common.tokenizers.api import DEFAULT_INIT, Piece, TokenizerBase, _reject_unknown, read_vocab
 
 _CONTROL = spec.expand(spec.CONTROL_RANGES)
 _WHITESPACE = spec.expand(spec.WHITESPACE_RANGES)

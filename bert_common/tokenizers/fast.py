@@ -1,8 +1,8 @@
 """``BertTokenizerFast``: the same tokenizer built on the Rust ``tokenizers`` library.
 
 The normalise / pre-tokenise / WordPiece core runs in Rust (BertNormalizer, BertPreTokenizer, WordPiece
-model — the pipeline of ``bert_common.tokenization_spec``); special tokens, truncation, windows, padding
-and tensors come from the shared ``bert_common.tokenizer_api.TokenizerBase``, so this class and the pure
+model — the pipeline of ``bert_common.tokenizers.spec``); special tokens, truncation, windows, padding
+and tensors come from the shared ``bert_common.tokenizers.api.TokenizerBase``, so this class and the pure
 Python ``BertTokenizer`` share one implementation of everything above the core.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from bert_common import tokenization_spec as spec
+from bert_common.tokenizers import spec
 from bert_common.io_utils import atomic_write_text
-from bert_common.tokenizer_api import (DEFAULT_INIT, TOKENIZER_FILE, Piece, TokenizerBase, _reject_unknown,
+from bert_common.tokenizers.api import (DEFAULT_INIT, TOKENIZER_FILE, Piece, TokenizerBase, _reject_unknown,
                                        read_vocab)
 
 

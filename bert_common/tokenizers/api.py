@@ -21,7 +21,7 @@ import re
 from typing import Any, Iterable, NamedTuple, Sequence
 
 from bert_common.io_utils import atomic_write_text
-from bert_common.tokenization_spec import DECODE_CLEANUP, MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS, WORDPIECE_PREFIX
+from bert_common.tokenizers.spec import DECODE_CLEANUP, MAX_INPUT_CHARS_PER_WORD, SPECIAL_TOKENS, WORDPIECE_PREFIX
 
 VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"

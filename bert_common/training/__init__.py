@@ -1,0 +1,158 @@
+"""Training, framework-free part: one set of hyper-parameters, one schedule, one no-decay rule, one
+train-state layout, one loop. Each backend supplies only a ``Trainer`` (``bert_<x>.training``) that
+realises the optimizer step with its own library (``torch.optim.AdamW``, Keras ``AdamW``, ``optax.adamw``).
+
+Everything here is NumPy / standard library; no framework is imported.
+
+Shape legend: B batch (global, over all devices), S sequence length, L labels per example.
+
+The batch contract (what the data pipeline yields and every ``Trainer.step`` takes) is a dict of NumPy
+arrays with Hugging Face's names:
+
+==========================  ==========  =======  ======================================================
+key                         shape       dtype    meaning
+==========================  ==========  =======  ======================================================
+``input_ids``               (B, S)      int32    token ids
+``attention_mask``          (B, S)      int32    1 = real token, 0 = padding
+``token_type_ids``          (B, S)      int32    segment ids
+``labels``                  (B, S)/(B,) int32    MLM: target id at masked positions, -100 elsewhere;
+                                                 classification: class id (float32 for regression)
+``next_sentence_label``     (B,)        int32    pretraining only: 1 = random next sentence
+``start_positions``         (B,)        int32    question answering only
+``end_positions``           (B,)        int32    question answering only
+==========================  ==========  =======  ======================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+
+from bert_common.weights import no_weight_decay
+
+# ---------------------------------------------------------------------------------------------- hyper-parameters
+@dataclasses.dataclass
+class TrainingArguments:
+    """BERT's AdamW recipe, named once for every backend.
+
+    ``learning_rate`` is the peak; the rate rises linearly from 0 over ``warmup_steps`` (or
+    ``warmup_ratio`` × ``max_steps`` when ``warmup_steps`` is None) and then falls linearly to 0 at
+    ``max_steps`` (``lr_at``). Weight decay is decoupled (AdamW) and skipped for biases and LayerNorm
+    weights (``decays``). Gradients are clipped to a global L2 norm of ``max_grad_norm`` (None: off)
+    after accumulating ``gradient_accumulation_steps`` micro-batches of ``batch_size / accumulation``.
+    """
+    learning_rate: float = 1e-4
+    max_steps: int = 1000
+    batch_size: int = 32                 # global: summed over devices and accumulation micro-batches
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-6
+    max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    dtype: str = "float32"               # float32 | bfloat16 (mixed precision: bf16 compute, fp32 master weights)
+    devices: int = 1
+    dropout: bool = True                 # False: train with dropout off (deterministic, used by parity checks)
+    save_every: int | None = None        # write a train-state checkpoint every K steps (and at the end)
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "devices", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps!r}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
+        per_update = self.devices * self.gradient_accumulation_steps
+        if self.batch_size % per_update:
+            raise ValueError(f"batch_size {self.batch_size} does not divide over devices ({self.devices}) x "
+                             f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) = {per_update}")
+        if self.save_every is not None and self.save_every < 1:
+            raise ValueError(f"save_every must be a positive integer or None, got {self.save_every!r}")
+
+    @property
+    def num_warmup_steps(self) -> int:
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return int(round(self.warmup_ratio * self.max_steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRETRAIN_DEFAULTS = {"learning_rate": 1e-4}
+FINETUNE_DEFAULTS = {"learning_rate": 2e-5, "batch_size": 32}
+
+
+def lr_at(step: int, args: TrainingArguments) -> float:
+    """Learning rate used by update number ``step`` (0-based): linear warmup, then linear decay to 0.
+
+    The same function every backend's schedule is built from (torch ``LambdaLR`` with
+    ``lr_at(step) / learning_rate``, a Keras ``LearningRateSchedule``, an optax schedule).
+    """
+    warmup, total = args.num_warmup_steps, args.max_steps
+    if warmup and step < warmup:
+        return args.learning_rate * step / warmup
+    return args.learning_rate * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def decays(canonical_name: str) -> bool:
+    """Whether AdamW's weight decay applies to this canonical parameter (not to biases, not to LayerNorm)."""
+    return not no_weight_decay(canonical_name)
+
+
+# ---------------------------------------------------------------------------------------------- train state
+# A train-state checkpoint is a directory ``checkpoint-{step:08d}`` (written whole to a temp sibling and
+# renamed into place) holding:
+#   config.json, model.safetensors      the canonical model (loads in every backend and in HF)
+#   optimizer.safetensors               AdamW moments under canonical names, fp32:
+#                                       ``exp_avg.{name}`` (first moment), ``exp_avg_sq.{name}`` (second)
+#   trainer_state.json                  {"step": updates done, "backend": ..., "args": TrainingArguments,
+#                                        "data": {...position in the data, seed, epoch...}, "rng": ...}
+# Moments follow torch.optim.AdamW's definitions (bias correction applied at use, not stored), so a
+# state written by one backend resumes in another.
+MOMENT_PREFIXES = ("exp_avg", "exp_avg_sq")
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Backend-neutral snapshot of a run: canonical weights, AdamW moments and the update count."""
+    params: dict[str, np.ndarray]          # canonical name -> fp32 array
+    exp_avg: dict[str, np.ndarray]         # canonical name -> fp32 array, same shapes
+    exp_avg_sq: dict[str, np.ndarray]
+    step: int                              # optimizer updates done so far
+
+
+class Trainer(Protocol):
+    """What each backend's ``bert_<x>.training.Trainer`` provides (the loop and the CLI use only this).
+
+    ``Trainer(model, args: TrainingArguments)`` wraps a backend model (a head with a loss) and builds
+    the optimizer (AdamW with ``lr_at`` as schedule, ``decays`` as mask, clipping, accumulation, dtype,
+    devices).
+    """
+
+    def step(self, batch: Mapping[str, np.ndarray]) -> float:
+        """One optimizer update on a global batch (the batch contract above); returns the mean loss."""
+
+    def get_state(self) -> TrainState:
+        """Canonical weights + moments + step, as NumPy (gathered from every device)."""
+
+    def set_state(self, state: TrainState) -> None:
+        """Restore weights, moments and step (from any backend's ``get_state``)."""
+
+
+__all__ = ["TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
+           "Trainer", "MOMENT_PREFIXES", "CHECKPOINT_PREFIX"]
