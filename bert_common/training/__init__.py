@@ -56,6 +56,7 @@ class TrainingArguments:
     seed: int = 0
     dtype: str = "float32"               # float32 | bfloat16 (mixed precision: bf16 compute, fp32 master weights)
     devices: int = 1
+    parallelism: str = "data"            # data: replicate weights, split the batch | fsdp: also shard weights
     dropout: bool = True                 # False: train with dropout off (deterministic, used by parity checks)
     save_every: int | None = None        # write a train-state checkpoint every K steps (and at the end)
     log_every: int = 1
@@ -73,6 +74,8 @@ class TrainingArguments:
             raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.parallelism not in ("data", "fsdp"):
+            raise ValueError(f"parallelism must be 'data' or 'fsdp', got {self.parallelism!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm!r}")
         per_update = self.devices * self.gradient_accumulation_steps
@@ -111,6 +114,22 @@ def lr_at(step: int, args: TrainingArguments) -> float:
 def decays(canonical_name: str) -> bool:
     """Whether AdamW's weight decay applies to this canonical parameter (not to biases, not to LayerNorm)."""
     return not no_weight_decay(canonical_name)
+
+
+# ---------------------------------------------------------------------------------------------- loss reduction
+# The loss of an update is the Hugging Face loss of the whole global batch, as if it ran on one device in
+# one piece: the MLM term is the mean over every labelled token of the global batch, per-row terms (NSP,
+# classification, QA) the mean over its rows. A shard (one device's part of one accumulation micro-batch)
+# therefore contributes sum(its per-token losses) / global count, not its own mean: with token-weighted
+# shards N devices (or K accumulation steps) give the same loss and gradients as 1 device, which the
+# distributed tests check. ``loss_normalizers`` gives the global counts, computed on the host.
+def loss_normalizers(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """Global denominators of a batch (see above): ``tokens`` = labelled MLM/token-classification
+    positions (labels != -100, at least 1), ``rows`` = examples in the batch."""
+    labels = batch.get("labels")
+    rows = int(np.shape(batch["input_ids"])[0])
+    tokens = int(np.sum(np.asarray(labels) != -100)) if labels is not None and np.ndim(labels) == 2 else rows
+    return {"tokens": max(tokens, 1), "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------- train state
@@ -154,5 +173,5 @@ class Trainer(Protocol):
         """Restore weights, moments and step (from any backend's ``get_state``)."""
 
 
-__all__ = ["TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
+__all__ = ["loss_normalizers", "TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
            "Trainer", "MOMENT_PREFIXES", "CHECKPOINT_PREFIX"]
