@@ -293,3 +293,21 @@ def test_unknown_constructor_argument_raises(minilm_dir, impl):
         _cls(impl).from_pretrained(minilm_dir, additional_special_tokens=["[X]"])
     with pytest.raises(ValueError, match="do_basic_tokenize=False is not supported"):
         BertTokenizer.from_pretrained(minilm_dir, do_basic_tokenize=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_over_length_warning_once(impl, caplog, minilm_dir):
+    """Like HF: an untruncated encoding longer than model_max_length logs one warning per tokenizer;
+    truncated or short encodings log nothing."""
+    import logging
+
+    tok = _cls(impl)(vocab_file=os.path.join(minilm_dir, "vocab.txt"), model_max_length=8)
+    with caplog.at_level(logging.WARNING, logger="bert_common.tokenizers.api"):
+        tok("short")
+        tok("one two three four five six seven eight nine", truncation=True)
+        assert not caplog.records
+        ids = tok("one two three four five six seven eight nine")["input_ids"]
+        assert len(ids) == 11
+        tok("one two three four five six seven eight nine ten")
+    assert len(caplog.records) == 1
+    assert "(11 > 8)" in caplog.records[0].getMessage()

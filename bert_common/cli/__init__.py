@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Sequence
@@ -47,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Framework start-up chatter (TF's cpu_feature_guard / oneDNN lines, absl) is not for a CLI user; set
+# before any framework is imported, and only where the user has not chosen a level.
+QUIET_FRAMEWORK_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "GRPC_VERBOSITY": "ERROR"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    for key, value in QUIET_FRAMEWORK_ENV.items():
+        os.environ.setdefault(key, value)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ per-token lists; ``return_tensors`` turns them into (B, S) int64 arrays / tensor
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -28,6 +29,7 @@ CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_MAP_FILE = "special_tokens_map.json"
 TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MODEL_MAX_LENGTH = 512
+logger = logging.getLogger(__name__)
 
 # Keys of an encoding, in the order Hugging Face returns them.
 OUTPUT_KEYS = ("input_ids", "token_type_ids", "attention_mask", "special_tokens_mask", "offset_mapping", "length")
@@ -463,6 +465,8 @@ class TokenizerBase:
                 rows.append(row)
                 mapping.append(i)
 
+        if trunc_mode == "do_not_truncate":
+            self._warn_if_too_long(max((len(r[0]) for r in rows), default=0))
         want = {"input_ids": True,
                 "token_type_ids": True if return_token_type_ids is None else return_token_type_ids,
                 "attention_mask": True if return_attention_mask is None else return_attention_mask,
@@ -534,6 +538,15 @@ class TokenizerBase:
                 _check_str(w, arg + " word")
         else:
             _check_str(value, arg)
+
+    def _warn_if_too_long(self, longest: int) -> None:
+        """Log once per tokenizer, as HF does, when an untruncated row exceeds ``model_max_length``:
+        the model would reject it (ids past ``max_position_embeddings``)."""
+        if longest > self.model_max_length and not getattr(self, "_warned_too_long", False):
+            self._warned_too_long = True
+            logger.warning("Token indices sequence length is longer than the specified maximum sequence length "
+                           "for this model (%d > %d). Running this sequence through the model will fail; pass "
+                           "truncation=True (or max_length) to cut it.", longest, self.model_max_length)
 
     def _strategies(self, padding, truncation, max_length):
         """Normalise HF's padding / truncation arguments to (pad mode, truncation mode, max_length)."""
