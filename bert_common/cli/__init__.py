@@ -23,6 +23,11 @@ from bert_common.cli.base import EXIT_MISMATCH, EXIT_OK, EXIT_USAGE, USAGE_ERROR
 BUILTIN = {
     "info": "bert_common.cli.info",
     "convert": "bert_common.cli.convert",
+    "export": "bert_common.cli.export",
+    "embed": "bert_common.cli.embed",
+    "pretrain-data": "bert_common.cli.pretrain_data",
+    "pretrain": "bert_common.cli.pretrain",
+    "finetune": "bert_common.cli.finetune",
 }
 ENTRY_POINT_GROUP = "bertrio.commands"
 
