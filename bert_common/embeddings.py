@@ -37,7 +37,7 @@ _INFERENCE: dict[str, Callable[[], Any]] = {
 }
 
 
-def _inference(model: Any):
+def inference_context(model: Any):
     package = type(model).__module__.split(".")[0]
     return _INFERENCE.get(package, contextlib.nullcontext)()
 
@@ -83,7 +83,7 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
     return batches
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Ragged id lists -> (ids, mask), both (B, S) int32, right-padded."""
     width = max(len(r) for r in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int32)
@@ -103,8 +103,8 @@ def encode_ids(model: Any, ids: Sequence[Sequence[int]], *, pooling: str = "mean
     hidden_size = int(model.config.hidden_size)
     out = np.zeros((len(ids), hidden_size), dtype=np.float32)
     for batch in plan_batches([len(r) for r in ids], batch_tokens):
-        input_ids, mask = _pad([list(ids[i]) for i in batch], pad_token_id)
-        with _inference(model):
+        input_ids, mask = pad_rows([list(ids[i]) for i in batch], pad_token_id)
+        with inference_context(model):
             hidden = model(input_ids=input_ids, attention_mask=mask,
                            token_type_ids=np.zeros_like(input_ids)).last_hidden_state
         out[batch] = pool(_host(hidden), mask, pooling)
@@ -225,4 +225,4 @@ def count_lines(path: str) -> int:
 
 
 __all__ = ["encode", "encode_ids", "tokenize", "checkpoint_defaults", "pool", "normalize_rows", "plan_batches", "read_lines", "count_lines",
-           "resolve_max_length", "POOLINGS"]
+           "resolve_max_length", "pad_rows", "inference_context", "POOLINGS"]
