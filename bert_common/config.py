@@ -68,8 +68,85 @@ _DEFAULTS: dict[str, Any] = {
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "intermediate_size", "max_position_embeddings", "type_vocab_size")
 _PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+# The type of every documented field (and of the HF keys we read from ``extra``): a JSON value of another
+# type is refused naming the field, the value and the expected type. "float" accepts ints; bools are never
+# numbers here (JSON ``true`` is not 1).
+_INT, _FLOAT, _STR, _BOOL, _MAP, _LIST = "int", "float", "str", "bool", "mapping", "list of str"
+FIELD_TYPES: dict[str, tuple[str, bool]] = {  # field -> (type, None allowed)
+    "vocab_size": (_INT, False), "hidden_size": (_INT, False), "num_hidden_layers": (_INT, False),
+    "num_attention_heads": (_INT, False), "intermediate_size": (_INT, False), "hidden_act": (_STR, False),
+    "hidden_dropout_prob": (_FLOAT, False), "attention_probs_dropout_prob": (_FLOAT, False),
+    "max_position_embeddings": (_INT, False), "type_vocab_size": (_INT, False),
+    "initializer_range": (_FLOAT, False), "layer_norm_eps": (_FLOAT, False), "pad_token_id": (_INT, True),
+    "position_embedding_type": (_STR, False), "use_cache": (_BOOL, False), "classifier_dropout": (_FLOAT, True),
+    "is_decoder": (_BOOL, False), "add_cross_attention": (_BOOL, False), "tie_word_embeddings": (_BOOL, False),
+    "problem_type": (_STR, True), "id2label": (_MAP, True), "label2id": (_MAP, True),
+    "bos_token_id": (_INT, True), "eos_token_id": (_INT, True), "chunk_size_feed_forward": (_INT, True),
+    "output_attentions": (_BOOL, False), "output_hidden_states": (_BOOL, False), "return_dict": (_BOOL, False),
+    "attn_implementation": (_STR, True), "gradient_checkpointing": (_BOOL, False), "model_type": (_STR, False),
+    "num_labels": (_INT, True), "architectures": (_LIST, True), "torch_dtype": (_STR, True),
+}
+_CHECKS = {
+    _INT: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    _FLOAT: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    _STR: lambda v: isinstance(v, str),
+    _BOOL: lambda v: isinstance(v, bool),
+    _MAP: lambda v: isinstance(v, Mapping),
+    _LIST: lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+}
+# Caps on config.json: a hostile file is refused before it costs time or memory.
+MAX_CONFIG_BYTES = 4 * 2**20
+MAX_CONFIG_DEPTH = 32
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_types(values: Mapping[str, Any]) -> None:
+    """ValueError naming the first documented field whose value has the wrong type."""
+    for key, value in values.items():
+        spec = FIELD_TYPES.get(key)
+        if spec is None or (value is None and spec[1]):
+            continue
+        if not _CHECKS[spec[0]](value):
+            raise ValueError(f"BertConfig.{key}={_short(value)} has type {type(value).__name__}; expected "
+                             f"{spec[0]}{' or None' if spec[1] else ''}")
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of JSON ``text`` (brackets outside strings), without parsing it."""
+    import re
+    brackets = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
+    depth = deepest = 0
+    for ch in brackets:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 # Keys HF writes that we never need to round-trip as attributes of their own; they survive in `extra`.
 _HF_ATTN_KEY = "_attn_implementation"
+
+
+def _label_id(key: Any, field: str) -> int:
+    """A label id: an int, or a string of one (JSON object keys are strings)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+        return int(key)
+    raise ValueError(f"BertConfig.{field} has label id {_short(key)}; expected an int (or a string of one)")
+
+
+def _label_name(value: Any, field: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"BertConfig.{field} has label name {_short(value)} of type {type(value).__name__}; "
+                         f"expected str")
+    return value
 
 
 class BertConfig:
@@ -80,6 +157,7 @@ class BertConfig:
     """
 
     def __init__(self, num_labels: int | None = None, **kwargs: Any):
+        check_types({**kwargs, "num_labels": num_labels})
         values = dict(_DEFAULTS)
         if _HF_ATTN_KEY in kwargs and kwargs.get("attn_implementation") is None:
             kwargs["attn_implementation"] = kwargs.pop(_HF_ATTN_KEY)
@@ -96,7 +174,7 @@ class BertConfig:
         if self.id2label is not None:
             if not isinstance(self.id2label, Mapping):
                 raise ValueError(f"id2label must be a mapping from int to str, got {type(self.id2label).__name__}")
-            self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+            self.id2label = {_label_id(k, "id2label"): _label_name(v, "id2label") for k, v in self.id2label.items()}
             if num_labels is not None and num_labels != len(self.id2label):
                 raise ValueError(f"num_labels={num_labels} disagrees with id2label, which has "
                                  f"{len(self.id2label)} entries")
@@ -108,7 +186,7 @@ class BertConfig:
         if self.label2id is None:
             self.label2id = {v: k for k, v in self.id2label.items()}
         else:
-            self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
+            self.label2id = {_label_name(k, "label2id"): _label_id(v, "label2id") for k, v in self.label2id.items()}
         self.validate()
 
     # ------------------------------------------------------------------ derived values
@@ -180,10 +258,9 @@ class BertConfig:
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"BertConfig.pad_token_id={self.pad_token_id} is outside [0, vocab_size="
                              f"{self.vocab_size})")
-        if self.chunk_size_feed_forward not in (0, None):
-            # Chunking changes nothing numerically; we do not implement it, so say so instead of ignoring it.
-            raise ValueError(f"BertConfig.chunk_size_feed_forward={self.chunk_size_feed_forward} is not "
-                             f"supported (only 0)")
+        c = self.chunk_size_feed_forward
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 0):
+            raise ValueError(f"BertConfig.chunk_size_feed_forward must be an int >= 0 (0 = no chunking), got {c!r}")
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
@@ -221,11 +298,22 @@ class BertConfig:
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"config file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: config is over the cap of {MAX_CONFIG_BYTES} bytes (MAX_CONFIG_BYTES)")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = raw[e.start:e.start + 1]
+            raise ValueError(f"{path}: config is not UTF-8 text (byte {e.start}: {bad!r})") from None
+        depth = _json_depth(text)
+        if depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"{path}: config nests {depth} deep, over the cap of {MAX_CONFIG_DEPTH} "
+                             f"(MAX_CONFIG_DEPTH)")
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{path}: malformed JSON ({e})") from None
         if not isinstance(d, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")

@@ -13,7 +13,6 @@ The command line around it is ``bert_common.cli.convert``.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -22,9 +21,11 @@ import time
 import numpy as np
 
 from bert_common import formats
-from bert_common.checkpoint import copy_tokenizer_files, parse_size
+from bert_common.checkpoint import copy_tokenizer_files
 from bert_common.config import BertConfig
-from bert_common.io_utils import atomic_directory
+from bert_common.formats.base import find_config
+from bert_common.formats.shards import parse_size
+from bert_common.io_utils import atomic_directory, pinned_dir
 from bert_common.weights import IGNORED_BUFFERS, head_spec
 
 try:
@@ -35,8 +36,6 @@ except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
 
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": _BF16}
 FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")  # what --dtype casts; integer buffers are kept
-SHARDABLE = ("safetensors", "pytorch")  # formats with a sharded layout HF reads
-CONFIG_FILES = ("config.json", "bert_config.json")
 PROGRESS_MIN_BYTES = 64 * 2**20  # show a progress bar only for checkpoints at least this large
 
 
@@ -60,22 +59,6 @@ class ConvertSummary:
 
 def _src_dir(src: str) -> str:
     return src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
-
-
-def find_config(src: str, config: str | os.PathLike | BertConfig | None) -> BertConfig | None:
-    """The config from ``config`` (a BertConfig or a json path) or beside ``src``; None when there is none."""
-    if isinstance(config, BertConfig):
-        return config
-    if config is not None:
-        path = os.fspath(config)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--config {path!r}: no such file")
-        return BertConfig.from_json_file(path)
-    directory = _src_dir(src)
-    for name in CONFIG_FILES:
-        if os.path.isfile(os.path.join(directory, name)):
-            return BertConfig.from_json_file(os.path.join(directory, name))
-    return None
 
 
 def _cast(arr: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
@@ -128,14 +111,13 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
     """
     start = time.perf_counter()
     src, dst = os.fspath(src), os.fspath(dst)
-    writable = [n for n, f in formats.FORMATS.items() if f.write is not None]
-    if to not in writable:
-        raise ValueError(f"--to {to!r} is not one of {writable}")
+    if to not in formats.writable():
+        raise ValueError(f"--to {to!r} is not one of {formats.writable()}")
     if dtype is not None and (dtype not in DTYPES or DTYPES[dtype] is None):
         raise ValueError(f"--dtype {dtype!r} is not one of {[k for k, v in DTYPES.items() if v is not None]}")
     if shard_size is not None:
-        if to not in SHARDABLE:
-            raise ValueError(f"--shard-size {shard_size!r} applies to {list(SHARDABLE)} only, not --to {to}")
+        if to not in formats.shardable():
+            raise ValueError(f"--shard-size {shard_size!r} applies to {formats.shardable()} only, not --to {to}")
         parse_size(shard_size)  # ValueError naming the bad size
     if model_class is not None:
         head_spec(model_class)  # ValueError naming the class and the valid ones
@@ -146,24 +128,24 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
     if os.path.abspath(dst) == os.path.abspath(_src_dir(src)) or os.path.abspath(dst) == os.path.abspath(src):
         raise ValueError(f"DST {dst!r} is the source directory; write to a new directory")
 
-    cfg = find_config(src, config)
-    state, src_format = formats.read_weights(src, cfg, model_class=model_class)
+    for attempt in pinned_dir(src):  # config and weights from one version of SRC
+        with attempt as path:
+            cfg = find_config(path, config)
+            state, src_format = formats.read_weights(path, cfg, model_class=model_class)
     cls = None
     if cfg is not None:  # refuse weights that do not fit the config before writing anything
         cls, _ = formats.plan_scheme(state, "torch", cfg, model_class)
-    elif to not in SHARDABLE:
+    elif to not in ("safetensors", "pytorch"):  # the formats that name tensors canonically
         raise ValueError(f"--to {to} names tensors by the model's layers and head, which needs the config: "
                          f"no config.json or bert_config.json beside {src}; pass --config")
     state = _cast_all(state, DTYPES[dtype] if dtype else None, progress)
     n_params = int(sum(a.size for n, a in state.items() if n.removeprefix("bert.") not in IGNORED_BUFFERS))
 
     total = int(sum(a.nbytes for a in state.values()))
-    # The safetensors writer (bert_common.checkpoint) takes no callback; the other writers report
-    # each tensor (or file) they finish.
-    bar = _Bar(total, progress and to != "safetensors", f"writing {to}")
+    bar = _Bar(total, progress, f"writing {to}")  # every writer reports each file (or chunk) it finishes
     with atomic_directory(dst, overwrite=overwrite) as tmp:
-        opts = {"progress": bar} if to != "safetensors" else {}
-        files = formats.write_weights(tmp, cfg, state, to, shard_size=shard_size, model_class=model_class, **opts)
+        files = formats.write_weights(tmp, cfg, state, to, shard_size=shard_size, progress=bar,
+                                      model_class=model_class)
         bar.close()
         written = int(sum(os.path.getsize(os.path.join(tmp, f)) for f in files))
         if cfg is not None:
@@ -179,4 +161,4 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
                           time.perf_counter() - start, files, cls)
 
 
-__all__ = ["convert_checkpoint", "ConvertSummary", "find_config"]
+__all__ = ["convert_checkpoint", "ConvertSummary", "find_config", "parse_size"]

@@ -5,51 +5,52 @@ import os
 import numpy as np
 import pytest
 
-from bert_common import checkpoint, safetensors_io
+from bert_common import checkpoint
+from bert_common.formats import safetensors as st
 from bert_common.config import BertConfig
-from bert_common.safetensors_io import CheckpointError
+from bert_common.formats import CheckpointError
 from bert_common.testing import random_weights, tiny_config
 
 
 def _state():
     import ml_dtypes
-    return {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1, -2], np.int64),
+    return {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "embeddings.position_ids": np.array([1, -2], np.int64),
             "c": np.linspace(-3, 3, 7).astype(ml_dtypes.bfloat16), "d": np.zeros((0, 5), np.float16),
             "e": np.array(2.5, np.float64)}
 
 
 def test_round_trip_all_dtypes(tmp_path):
     state = _state()
-    safetensors_io.save_file(state, tmp_path / "x.safetensors", {"format": "pt"})
-    back = safetensors_io.load_file(tmp_path / "x.safetensors")
+    st.save_file(state, tmp_path / "x.safetensors", {"format": "pt"})
+    back = st.load_file(tmp_path / "x.safetensors")
     assert list(back) == list(state)
     for k in state:
         assert back[k].dtype == state[k].dtype and back[k].shape == state[k].shape
         assert back[k].tobytes() == state[k].tobytes()
-    assert safetensors_io.metadata(tmp_path / "x.safetensors") == {"format": "pt"}
+    assert st.metadata(tmp_path / "x.safetensors") == {"format": "pt"}
 
 
 def test_interoperates_with_the_reference_library(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     state = {k: v for k, v in _state().items() if k != "c"}
-    safetensors_io.save_file(state, tmp_path / "ours.safetensors")
+    st.save_file(state, tmp_path / "ours.safetensors")
     theirs = st.load_file(str(tmp_path / "ours.safetensors"))
     assert all(np.array_equal(theirs[k], state[k]) for k in state)
     st.save_file(state, str(tmp_path / "theirs.safetensors"))
-    ours = safetensors_io.load_file(tmp_path / "theirs.safetensors")
+    ours = st.load_file(tmp_path / "theirs.safetensors")
     assert all(np.array_equal(ours[k], state[k]) for k in state)
 
 
 def test_truncated_and_inconsistent_files_are_refused(tmp_path):
     path = tmp_path / "x.safetensors"
-    safetensors_io.save_file(_state(), path)
+    st.save_file(_state(), path)
     raw = path.read_bytes()
     (tmp_path / "trunc.safetensors").write_bytes(raw[:-3])
-    with pytest.raises(CheckpointError, match="trunc.safetensors: data section"):
-        safetensors_io.load_file(tmp_path / "trunc.safetensors")
+    with pytest.raises(CheckpointError, match="trunc.safetensors: .*(data section|truncated)"):
+        st.load_file(tmp_path / "trunc.safetensors")
     (tmp_path / "tiny.safetensors").write_bytes(raw[:5])
     with pytest.raises(CheckpointError, match="no header"):
-        safetensors_io.load_file(tmp_path / "tiny.safetensors")
+        st.load_file(tmp_path / "tiny.safetensors")
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8:8 + n])
     header["a"]["shape"] = [4, 4]
@@ -57,7 +58,7 @@ def test_truncated_and_inconsistent_files_are_refused(tmp_path):
     blob += b" " * (-len(blob) % 8)
     (tmp_path / "bad.safetensors").write_bytes(len(blob).to_bytes(8, "little") + blob + raw[8 + n:])
     with pytest.raises(CheckpointError, match="tensor 'a' spans 48 bytes but \\(4, 4\\)"):
-        safetensors_io.load_file(tmp_path / "bad.safetensors")
+        st.load_file(tmp_path / "bad.safetensors")
 
 
 def test_sharded_write_and_read(tmp_path):
@@ -68,7 +69,7 @@ def test_sharded_write_and_read(tmp_path):
     shards = [f for f in files if f.startswith("model-0")]
     assert len(shards) > 2 and "model.safetensors.index.json" in files and "model.safetensors" not in files
     for f in shards:  # each shard respects the limit unless a single tensor is larger
-        sizes = [v.nbytes for v in safetensors_io.load_file(tmp_path / "ck" / f).values()]
+        sizes = [v.nbytes for v in st.load_file(tmp_path / "ck" / f).values()]
         assert sum(sizes) <= 20_000 or len(sizes) == 1
     cfg2, back, fmt = checkpoint.load_checkpoint(tmp_path / "ck")
     assert fmt == "safetensors" and cfg2 == cfg
@@ -101,10 +102,10 @@ def test_no_weights_and_bad_shard_size(tmp_path):
 
 def test_failed_write_leaves_nothing_behind(tmp_path):
     target = tmp_path / "out.safetensors"
-    safetensors_io.save_file({"a": np.ones(3, np.float32)}, target)
+    st.save_file({"a": np.ones(3, np.float32)}, target)
     before = target.read_bytes()
     with pytest.raises(ValueError, match="cannot be stored"):
-        safetensors_io.save_file({"a": np.ones(3, np.float32), "s": np.array(["x"])}, target)
+        st.save_file({"a": np.ones(3, np.float32), "s": np.array(["x"])}, target)
     assert target.read_bytes() == before and os.listdir(tmp_path) == ["out.safetensors"]
 
 
@@ -136,3 +137,29 @@ def test_hf_loads_our_checkpoint_and_we_load_hf(tmp_path, minilm_dir):
     _, back, _ = checkpoint.load_checkpoint(tmp_path / "theirs")
     for k, v in state.items():
         assert np.array_equal(back[k], v), k
+
+
+def test_errors_name_the_real_path_not_the_pinned_one(tmp_path):
+    cfg = tiny_config()
+    checkpoint.save_checkpoint(tmp_path / "ck", cfg, random_weights(cfg))
+    f = tmp_path / "ck" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-5])
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load_checkpoint(tmp_path / "ck")
+    assert str(tmp_path / "ck" / "model.safetensors") in str(e.value) and "/proc/self/fd" not in str(e.value)
+
+
+def test_save_into_existing_directory_keeps_other_files(tmp_path):
+    cfg = tiny_config()
+    d = tmp_path / "ck"
+    checkpoint.save_checkpoint(d, cfg, random_weights(cfg, seed=0), shard_size="20KB")
+    (d / "training_args.bin").write_bytes(b"keep me")
+    (d / "sub").mkdir()
+    (d / "sub" / "x.txt").write_text("x")
+    new = random_weights(cfg, seed=1)
+    checkpoint.save_checkpoint(d, cfg, new)
+    assert sorted(os.listdir(d)) == ["config.json", "model.safetensors", "sub", "training_args.bin"]
+    assert (d / "training_args.bin").read_bytes() == b"keep me" and (d / "sub" / "x.txt").read_text() == "x"
+    _, back, _ = checkpoint.load_checkpoint(d)
+    assert all(back[k].tobytes() == new[k].tobytes() for k in new)
+    assert [n for n in os.listdir(tmp_path) if n != "ck"] == []  # no temp siblings left

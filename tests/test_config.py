@@ -44,7 +44,7 @@ def test_num_labels_builds_default_labels():
     ("layer_norm_eps", 0, "layer_norm_eps"),
     ("problem_type", "ranking", "problem_type='ranking'"),
     ("attn_implementation", "flash", "attn_implementation='flash'"),
-    ("chunk_size_feed_forward", 4, "chunk_size_feed_forward=4 is not supported"),
+    ("chunk_size_feed_forward", -4, "chunk_size_feed_forward must be an int >= 0"),
 ])
 def test_validation_names_the_field(field, value, needle):
     with pytest.raises(ValueError) as e:
@@ -98,3 +98,57 @@ def test_num_labels_override_replaces_stored_labels():
     assert cfg.replace(num_labels=2).id2label == {0: "LABEL_0", 1: "LABEL_1"}
     assert BertConfig.from_dict(cfg.to_dict(), num_labels=5).num_labels == 5
     assert cfg.replace(hidden_size=48, num_attention_heads=4).id2label == cfg.id2label
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("hidden_act", ["gelu"], "expected str"),
+    ("pad_token_id", "0", "expected int or None"),
+    ("label2id", [1, 2], "expected mapping or None"),
+    ("classifier_dropout", "abc", "expected float or None"),
+    ("hidden_size", 32.0, "expected int"),
+    ("use_cache", "yes", "expected bool"),
+    ("is_decoder", 1, "expected bool"),
+    ("layer_norm_eps", True, "expected float"),
+    ("architectures", "BertModel", "expected list of str"),
+    ("num_labels", "3", "expected int or None"),
+])
+def test_wrong_type_names_field_value_and_type(field, value, expected):
+    with pytest.raises(ValueError) as e:
+        BertConfig.from_dict({field: value})
+    msg = str(e.value)
+    assert f"BertConfig.{field}={value!r}" in msg and expected in msg, msg
+
+
+def test_every_documented_field_has_a_type():
+    from bert_common.config import _DEFAULTS, FIELD_TYPES
+    assert set(_DEFAULTS) <= set(FIELD_TYPES)
+
+
+@pytest.mark.parametrize("labels,needle", [
+    ({"id2label": {"a": "x"}}, "label id 'a'"),
+    ({"id2label": {"0": 5}}, "label name 5"),
+    ({"label2id": {"x": "y"}}, "label id 'y'"),
+])
+def test_label_maps_are_checked(labels, needle):
+    with pytest.raises(ValueError, match=needle):
+        BertConfig.from_dict(labels)
+
+
+def test_hostile_config_files_are_refused_with_the_cap(tmp_path):
+    from bert_common.config import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ValueError, match=f"deep.json: config nests 100001 deep, over the cap of {MAX_CONFIG_DEPTH}"):
+        BertConfig.from_json_file(deep)
+    big = tmp_path / "big.json"
+    big.write_text('{"x": "' + "a" * (MAX_CONFIG_BYTES + 10) + '"}')
+    with pytest.raises(ValueError, match=f"big.json: config is over the cap of {MAX_CONFIG_BYTES} bytes"):
+        BertConfig.from_json_file(big)
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"hidden_act": "g\xe9lu"}')
+    with pytest.raises(ValueError, match="latin.json: config is not UTF-8"):
+        BertConfig.from_json_file(latin)
+    typed = tmp_path / "typed.json"
+    typed.write_text('{"pad_token_id": "0"}')
+    with pytest.raises(ValueError, match="typed.json: BertConfig.pad_token_id='0'"):
+        BertConfig.from_json_file(typed)

@@ -95,7 +95,7 @@ def test_existing_dst_needs_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--to", "onnx"], "--to 'onnx' is not one of"),
     (["--shard-size", "lots"], "shard size 'lots'"),
-    (["--to", "tf-h5", "--shard-size", "1MB"], "--shard-size '1MB' applies to"),
+    (["--to", "google-ckpt", "--shard-size", "1MB"], "--shard-size '1MB' applies to"),
     (["--model-class", "BertForEverything"], "model_class='BertForEverything'"),
     (["--config", "/nonexistent/bert_config.json"], "--config"),
 ])
@@ -218,3 +218,17 @@ def test_legacy_pickle_pytorch_file_reads(tmp_path):
     assert fmt == "pytorch"
     np.testing.assert_array_equal(state["a"], np.arange(6.0, dtype=np.float32).reshape(2, 3))
     assert state["b"].dtype == np.dtype(ml_dtypes.bfloat16) and state["b"].astype(np.float32).tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize("fmt", ["tf-h5", "flax-msgpack", "pytorch"])
+def test_cli_shard_size_for_every_shardable_format(tmp_path, fmt):
+    """``--shard-size`` splits every shardable format HF's way; converting back is byte-identical."""
+    pytest.importorskip(NEEDS[fmt])
+    src = source(tmp_path, "BertForPreTraining")
+    for size in ("8KB", "25KB"):
+        mid, back = tmp_path / f"{fmt}-{size}", tmp_path / f"back-{size}"
+        assert main(["convert", str(src), str(mid), "--to", fmt, "--shard-size", size]) == 0
+        index = json.loads(next(mid.glob("*.index.json")).read_text())
+        assert len(set(index["weight_map"].values())) > 2
+        assert main(["convert", str(mid), str(back)]) == 0
+        assert (back / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()

@@ -158,6 +158,37 @@ def test_hf_loads_what_we_write(tmp_path, fmt):
         assert_outputs_close(got, want)
 
 
+def test_sharded_flax_msgpack_both_ways(tmp_path):
+    """HF Flax writes shards (max_shard_size) -> we read bitwise; we write shards -> HF Flax loads them
+    with the outputs of HF torch on the same weights."""
+    pytest.importorskip("flax")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    from flax.traverse_util import flatten_dict
+
+    from bert_common.weights import to_scheme
+    cls = "BertForPreTraining"
+    cfg = config_for(cls)
+    model = getattr(transformers, FLAX_NAMES[cls])(hf_config(cfg), seed=0)
+    model.save_pretrained(tmp_path / "hf", max_shard_size="20KB")
+    assert (tmp_path / "hf" / "flax_model.msgpack.index.json").is_file()
+    state, fmt = formats.read_weights(str(tmp_path / "hf"))
+    flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(model.params).items()}
+    ours = to_scheme(state, "flax")
+    assert fmt == "flax-msgpack" and set(ours) == set(flat)
+    assert all(ours[k].tobytes() == flat[k].tobytes() for k in flat)
+
+    state = testing.random_weights(cfg, cls, seed=4)
+    from bert_common.checkpoint import save_checkpoint
+    save_checkpoint(tmp_path / "src", cfg, state, architectures=[cls])
+    convert_checkpoint(tmp_path / "src", tmp_path / "ours", to="flax-msgpack", shard_size="20KB")
+    assert (tmp_path / "ours" / "flax_model.msgpack.index.json").is_file()
+    again = getattr(transformers, FLAX_NAMES[cls]).from_pretrained(tmp_path / "ours")
+    batch = inputs(cfg, cls)
+    got = [np.asarray(v) for v in again(**batch).values() if hasattr(v, "shape")]
+    assert_outputs_close(got, torch_outputs(hf_torch_from_canonical(cfg, cls, state), batch))
+
+
 # ---------------------------------------------------------------------------------------------- TF h5
 def _tf_keras_transformers():
     """HF's TF classes need tf-keras (transformers imports it itself when installed; we do not set
@@ -187,11 +218,18 @@ def test_hf_tf_h5_both_ways(tmp_path):
         src = tmp_path / f"{cls}-src"
         from bert_common.checkpoint import save_checkpoint
         save_checkpoint(src, cfg, state, architectures=[cls])
-        convert_checkpoint(src, tmp_path / f"{cls}-h5", to="tf-h5")
-        again = tf_cls.from_pretrained(tmp_path / f"{cls}-h5")
-        got = again(**batch)
         want = torch_outputs(hf_torch_from_canonical(cfg, cls, state), batch)
-        assert_outputs_close([np.asarray(v) for v in got.values() if hasattr(v, "shape")], want)
+        for shard in (None, "20KB"):  # single tf_model.h5, then HF's sharded layout + index
+            dst = tmp_path / f"{cls}-h5-{shard}"
+            convert_checkpoint(src, dst, to="tf-h5", shard_size=shard)
+            again = tf_cls.from_pretrained(dst)
+            got = again(**batch)
+            assert_outputs_close([np.asarray(v) for v in got.values() if hasattr(v, "shape")], want)
+        # HF writes shards -> we read the same tensors as from its single file
+        model.save_pretrained(tmp_path / f"{cls}-hf-sharded", max_shard_size="20KB")
+        sharded, _ = formats.read_weights(str(tmp_path / f"{cls}-hf-sharded"))
+        single, _ = formats.read_weights(str(d))
+        assert list(sharded) == list(single) and all(sharded[k].tobytes() == single[k].tobytes() for k in single)
 
 
 # ---------------------------------------------------------------------------------------------- backends

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bert_common import formats, testing
-from bert_common.safetensors_io import CheckpointError
+from bert_common.formats import CheckpointError
 from bert_common.weights import HEADS, WeightMappingError
 
 LEGACY = ("pytorch", "tf-h5", "flax-msgpack", "google-ckpt")
@@ -175,18 +175,18 @@ def test_h5_layout_matches_hf(tmp_path):
 def test_h5_chunked_attributes_are_read(tmp_path):
     """Keras splits attribute arrays over 64 KiB into name0, name1, ...; both spellings read the same."""
     h5py = pytest.importorskip("h5py")
-    from bert_common import formats_h5
+    from bert_common.formats import tf_h5
     names = [f"scope/layer/w{i:05d}/kernel:0" for i in range(3000)]  # ~90 KB of names
     with h5py.File(tmp_path / "a.h5", "w") as f:
-        formats_h5._write_attr_list(f, "weight_names", names)
+        tf_h5._write_attr_list(f, "weight_names", names)
         assert "weight_names" not in f.attrs and "weight_names1" in f.attrs
-        assert formats_h5._read_attr_list(f, "weight_names") == names
+        assert tf_h5._read_attr_list(f, "weight_names") == names
 
 
 def test_msgpack_matches_flax_serialization(tmp_path):
     """Our msgpack codec and flax.serialization read each other's bytes, bf16 included."""
     serialization = pytest.importorskip("flax.serialization")
-    from bert_common import formats_msgpack
+    from bert_common.formats import flax_msgpack
     cls = "BertForPreTraining"
     state = weights(cls, ml_dtypes.bfloat16)
     formats.write_weights(str(tmp_path), config_for(cls), state, "flax-msgpack")
@@ -198,7 +198,7 @@ def test_msgpack_matches_flax_serialization(tmp_path):
     assert kernel.tobytes() == np.ascontiguousarray(query.T).tobytes()
     assert raw == serialization.msgpack_serialize(tree)  # byte-identical to flax's own encoding
     # and flax's bytes (including a chunked array) decode with our reader
-    flat = formats_msgpack.read_tensors(str(tmp_path))
+    flat = flax_msgpack.read_tensors(str(tmp_path))
     big = np.arange(10, dtype=np.float32)
     orig_limit = serialization.MAX_CHUNK_SIZE
     try:
@@ -206,7 +206,7 @@ def test_msgpack_matches_flax_serialization(tmp_path):
         (tmp_path / "c.msgpack").write_bytes(serialization.msgpack_serialize({"a": {"b": big}}))
     finally:
         serialization.MAX_CHUNK_SIZE = orig_limit
-    got = formats_msgpack.load_file(str(tmp_path / "c.msgpack"))
+    got = flax_msgpack.load_file(str(tmp_path / "c.msgpack"))
     np.testing.assert_array_equal(got["a/b"], big)
     assert len(flat) == len(state)
 
@@ -280,7 +280,7 @@ def test_inconsistent_sharded_pytorch_is_refused(tmp_path):
     back, _ = formats.read_weights(str(tmp_path))
     assert_bitwise(back, state)
     index = json.loads((tmp_path / "pytorch_model.bin.index.json").read_text())
-    first = next(iter(index["weight_map"]))
+    first = next(k for k, f in index["weight_map"].items() if f != files[1])
     index["weight_map"][first] = files[1]  # the index now puts a tensor in the wrong shard
     (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="disagrees with the index"):
@@ -289,10 +289,11 @@ def test_inconsistent_sharded_pytorch_is_refused(tmp_path):
 
 def test_msgpack_with_a_lying_array_record_is_refused(tmp_path):
     msgpack = pytest.importorskip("msgpack")
-    payload = msgpack.packb(([4, 4], "float32", b"\x00" * 12), use_bin_type=True)  # 12 bytes, needs 64
-    (tmp_path / "flax_model.msgpack").write_bytes(msgpack.packb({"a": msgpack.ExtType(1, payload)}))
+    payload = msgpack.packb(([99, 32], "float32", b"\x00" * 12), use_bin_type=True)  # 12 bytes, needs 12672
+    tree = {"embeddings": {"word_embeddings": {"embedding": msgpack.ExtType(1, payload)}}}
+    (tmp_path / "flax_model.msgpack").write_bytes(msgpack.packb(tree))
     config_for("BertModel").save_pretrained(str(tmp_path))
-    with pytest.raises(CheckpointError, match="needs 64"):
+    with pytest.raises(CheckpointError, match="embeddings/word_embeddings/embedding.*needs 12672"):
         formats.read_weights(str(tmp_path))
 
 
@@ -313,3 +314,96 @@ def test_readers_import_only_what_their_format_needs(tmp_path):
             "print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'flax', 'keras') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+SHARD_FILES = {"safetensors": ("model", ".safetensors"), "pytorch": ("pytorch_model", ".bin"),
+               "tf-h5": ("tf_model", ".h5"), "flax-msgpack": ("flax_model", ".msgpack")}
+
+
+@pytest.mark.parametrize("fmt", ["tf-h5", "flax-msgpack"])
+def test_sharded_round_trip_every_head_bitwise(tmp_path, fmt):
+    """HF-named shards + index at several sizes, every head, fp32 and bf16: bitwise back."""
+    pytest.importorskip(NEEDS[fmt])
+    stem, ext = SHARD_FILES[fmt]
+    for cls in HEADS:
+        for dtype in (np.float32, ml_dtypes.bfloat16):
+            state = weights(cls, dtype)
+            total = sum(a.nbytes for a in state.values())
+            sizes = (4_000, 30_000, total // 2) if dtype == np.float32 else (total // 3,)
+            for size in sizes:
+                d = tmp_path / f"{cls}-{np.dtype(dtype).name}-{size}"
+                d.mkdir()
+                files = formats.write_weights(str(d), config_for(cls), state, fmt, shard_size=size)
+                shards = [f for f in files if f.endswith(ext)]
+                n = len(shards)
+                assert n > 1 and files[-1] == f"{stem}{ext}.index.json", (cls, size, files)
+                assert shards == [f"{stem}-{i:05d}-of-{n:05d}{ext}" for i in range(1, n + 1)]
+                assert sorted(os.listdir(d)) == sorted(files)
+                back, got = formats.read_weights(str(d), config_for(cls))
+                assert got == fmt
+                assert_bitwise(back, state)
+
+
+def test_sharded_h5_follows_hf_layout(tmp_path):
+    """transformers 4.57.1 ``tf_shard_checkpoint`` / ``save_pretrained``: the index maps full variable
+    names (model scope included) to shard files, sorted, with ``metadata.total_size``; each shard holds
+    datasets at the name without the scope and lists them, sorted, in its root ``layer_names``."""
+    h5py = pytest.importorskip("h5py")
+    cls = "BertForMaskedLM"
+    state = weights(cls)
+    files = formats.write_weights(str(tmp_path), config_for(cls), state, "tf-h5", shard_size="20KB")
+    raw = (tmp_path / "tf_model.h5.index.json").read_text()
+    index = json.loads(raw)
+    assert raw == json.dumps(index, indent=2, sort_keys=True) + "\n"
+    assert set(index) == {"metadata", "weight_map"}
+    # the tied decoder is stored once: total is the class's tensors without the alias
+    assert index["metadata"]["total_size"] == sum(a.nbytes for a in state.values())
+    wm = index["weight_map"]
+    assert all(k.startswith("tf_bert_for_masked_lm/") and k.endswith(":0") for k in wm)
+    assert wm["tf_bert_for_masked_lm/bert/embeddings/word_embeddings/weight:0"] in files
+    assert "tf_bert_for_masked_lm/mlm___cls/predictions/bias:0" in wm
+    assert "tf_bert_for_masked_lm/bert/encoder/layer_._1/attention/self/query/kernel:0" in wm
+    seen = set()
+    for f in files[:-1]:
+        with h5py.File(tmp_path / f, "r") as h:
+            names = [x.decode() for x in h.attrs["layer_names"]]
+            assert names == sorted(names)
+            assert {f"tf_bert_for_masked_lm/{n}" for n in names} == {k for k, v in wm.items() if v == f}
+            for n in names:
+                assert isinstance(h[n], h5py.Dataset)
+            seen.update(names)
+    kernel = "bert/encoder/layer_._0/intermediate/dense/kernel:0"
+    with h5py.File(tmp_path / wm["tf_bert_for_masked_lm/" + kernel], "r") as h:
+        np.testing.assert_array_equal(h[kernel][()], state["bert.encoder.layer.0.intermediate.dense.weight"].T)
+    assert len(seen) == len(wm)
+
+
+def test_sharded_msgpack_reads_with_flax(tmp_path):
+    """Each shard is flax.serialization bytes of its own subtree; the index keys are "/" paths."""
+    serialization = pytest.importorskip("flax.serialization")
+    from flax.traverse_util import flatten_dict
+    cls = "BertForPreTraining"
+    state = weights(cls)
+    files = formats.write_weights(str(tmp_path), config_for(cls), state, "flax-msgpack", shard_size="15KB")
+    wm = json.loads((tmp_path / "flax_model.msgpack.index.json").read_text())["weight_map"]
+    from bert_common.weights import to_scheme
+    ref = to_scheme(state, "flax")
+    got = {}
+    for f in files[:-1]:
+        tree = serialization.msgpack_restore((tmp_path / f).read_bytes())
+        flat = {"/".join(k): np.asarray(v) for k, v in flatten_dict(tree).items()}
+        assert all(wm[k] == f for k in flat)
+        got.update(flat)
+    assert set(got) == set(ref) == set(wm)
+    for k in ref:
+        assert got[k].tobytes() == ref[k].tobytes(), k
+
+
+def test_shard_planner_follows_hf_rule():
+    from bert_common.formats import shards
+    sizes = [("a", 6), ("b", 6), ("c", 2), ("d", 6), ("e", 2), ("f", 2), ("g", 30)]
+    assert shards.plan(sizes, 10) == [["a"], ["b", "c"], ["d", "e", "f"], ["g"]]  # HF's documented example
+    assert shards.plan(sizes, None) == [[k for k, _ in sizes]]
+    assert shards.shard_file("tf_model.h5", 2, 5) == "tf_model-00002-of-00005.h5"
+    assert shards.shard_file("flax_model.msgpack", 1, 3) == "flax_model-00001-of-00003.msgpack"

@@ -16,9 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="safetensors (default), pytorch, tf-h5, flax-msgpack or google-ckpt")
     p.add_argument("--config", help="config.json / bert_config.json when SRC has none")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating tensors")
-    p.add_argument("--shard-size", help="split the output into shards of at most this size, e.g. 2GB")
+    p.add_argument("--shard-size", help="split the output into HF-named shards of at most this size, e.g. 2GB "
+                                        "(safetensors, pytorch, tf-h5, flax-msgpack)")
     p.add_argument("--model-class", help="head class, when it cannot be inferred from the tensors")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing DST (atomically: DST is never absent, even after a crash)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,15 +14,15 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from typing import Mapping
 
 import numpy as np
 
 from bert_common.config import BertConfig
-from bert_common.formats import match_scheme, plan_scheme, require, require_config, transposed
-from bert_common.io_utils import atomic_write_text
-from bert_common.safetensors_io import CheckpointError
+from bert_common.formats.base import (CheckpointError, Format, check_dtype, check_shape, count_cap, expected_shapes,
+                                      match_scheme, plan_scheme, report, require, require_config, transposed)
+from bert_common.io_utils import atomic_write_text, cleanup_leftovers, temp_name
+from bert_common.weights import NamingScheme, register_scheme
 
 PREFIX = "bert_model.ckpt"
 CONFIG_NAME = "bert_config.json"
@@ -36,6 +36,26 @@ GOOGLE_CONFIG_KEYS = ("attention_probs_dropout_prob", "hidden_act", "hidden_drop
                       "initializer_range", "intermediate_size", "max_position_embeddings", "num_attention_heads",
                       "num_hidden_layers", "type_vocab_size", "vocab_size")
 WRITE_CHUNK_BYTES = 64 * 2**20  # tensors handed to one SaveV2 call; bounds the writer's extra memory
+# TF dtype name -> NumPy name a weight may have.
+ALLOWED_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float64": "float64"}
+
+# Google's original TF1 BERT (google-research/bert ``modeling.py``, ``run_pretraining.py``,
+# ``run_classifier.py``, ``run_squad.py``): the encoder is always under ``bert/``; embedding tables are
+# the bare scope name; output layers built with ``tf.get_variable`` keep [out, in] ``output_weights``.
+register_scheme(NamingScheme(
+    SCHEME, "/",
+    {"dense.weight": ("kernel", True), "dense.bias": ("bias", False), "embedding": (None, False),
+     "norm.weight": ("gamma", False), "norm.bias": ("beta", False), "vector": ("output_bias", False)},
+    module_renames=((r"^(embeddings|encoder|pooler)\b", r"bert.\1"), (r"\blayer\.(\d+)", r"layer_\1")),
+    overrides={
+        "cls.seq_relationship.weight": ("cls/seq_relationship/output_weights", False),
+        "cls.seq_relationship.bias": ("cls/seq_relationship/output_bias", False),
+        "classifier.weight": ("output_weights", False),   # run_classifier.py
+        "classifier.bias": ("output_bias", False),
+        "qa_outputs.weight": ("cls/squad/output_weights", False),  # run_squad.py
+        "qa_outputs.bias": ("cls/squad/output_bias", False),
+    },
+))
 
 
 def _tf():
@@ -50,8 +70,9 @@ def find_prefix(path: str) -> str:
         if os.path.isfile(state):  # TF's "checkpoint" state file names the latest prefix
             tf = _tf()
             latest = tf.train.latest_checkpoint(path)
-            if latest:
-                return latest
+            # the state file may name any path: only a checkpoint inside this directory is followed
+            if latest and _same_dir(os.path.dirname(os.path.abspath(latest)), path):
+                return os.path.join(path, os.path.basename(latest))
         indexes = sorted(f for f in os.listdir(path) if fnmatch.fnmatch(f, "*.ckpt*.index"))
         if not indexes:
             raise FileNotFoundError(f"no *.ckpt*.index in {path}")
@@ -64,23 +85,47 @@ def find_prefix(path: str) -> str:
     return path
 
 
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def skipped(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in SKIPPED)
 
 
-def read_tensors(path: str) -> dict[str, np.ndarray]:
-    """``{variable name: array}`` for every non-training-state variable in the checkpoint."""
+def read_tensors(path: str, config: BertConfig | None = None) -> dict[str, np.ndarray]:
+    """``{variable name: array}`` for every non-training-state variable in the checkpoint; dtypes and
+    (with ``config``) shapes of every variable are checked from the index before any tensor is read."""
     tf = _tf()
     prefix = find_prefix(path)
     if not os.path.isfile(prefix + ".index"):
         raise FileNotFoundError(f"no checkpoint index {prefix}.index")
+    expected = expected_shapes(config, SCHEME) if config is not None else None
     try:
         reader = tf.train.load_checkpoint(prefix)
-        names = sorted(n for n in reader.get_variable_to_shape_map() if not skipped(n))
+        shapes = reader.get_variable_to_shape_map()
+        dtypes = reader.get_variable_to_dtype_map()
+        count_cap(prefix, len(shapes))
+        names = sorted(n for n in shapes if not skipped(n))
+        for n in names:
+            check_dtype(prefix, n, dtypes[n].name, ALLOWED_DTYPES, "google-ckpt")
+            check_shape(prefix, n, tuple(shapes[n]), expected, strict_names=True)
         # get_tensor verifies each tensor's CRC32C and size, so truncation or corruption raises here,
         # before the caller writes anything.
-        return {n: np.asarray(reader.get_tensor(n)) for n in names}
-    except (tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError) as e:
+        out = {}
+        for n in names:
+            arr = np.asarray(reader.get_tensor(n))
+            if arr.dtype.name != ALLOWED_DTYPES[dtypes[n].name] or arr.shape != tuple(shapes[n]):
+                raise CheckpointError(f"{prefix}: tensor {n!r} reads as {arr.dtype} {arr.shape}, its index says "
+                                      f"{dtypes[n].name} {tuple(shapes[n])}")
+            out[n] = arr
+        return out
+    except CheckpointError:
+        raise
+    except (tf.errors.OpError, ValueError, RuntimeError, IndexError, OSError, KeyError, TypeError, MemoryError) as e:
         raise CheckpointError(f"{prefix}: unreadable TF checkpoint ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
 
@@ -89,7 +134,7 @@ def read(path: str, config: BertConfig | None, model_class: str | None = None, *
     """Canonical state dict from a Google checkpoint (directory, ``.index`` file or prefix)."""
     prefix = find_prefix(path)
     config = require_config(prefix, config)
-    return match_scheme(read_tensors(prefix), SCHEME, config, model_class, source=prefix)
+    return match_scheme(read_tensors(prefix, config), SCHEME, config, model_class, source=prefix)
 
 
 def google_config(config: BertConfig) -> dict:
@@ -98,13 +143,15 @@ def google_config(config: BertConfig) -> dict:
 
 
 def write(directory: str, config: BertConfig, state: Mapping[str, np.ndarray], model_class: str | None = None,
-          progress=None, **_: object) -> list[str]:
+          shard_size=None, progress=None, **_: object) -> list[str]:
     """Write ``bert_model.ckpt.{index,data-*}`` + ``bert_config.json``; returns the file names.
 
     Tensors go to TF in chunks of ``WRITE_CHUNK_BYTES`` (one temporary bundle each), which TF's
     ``MergeV2Checkpoints`` then joins into one checkpoint, so memory stays near one chunk.
     ``progress(nbytes)`` is called after each chunk is saved.
     """
+    if shard_size is not None:
+        raise ValueError(f"--shard-size {shard_size!r}: google-ckpt is written as one bundle, not sharded")
     tf = _tf()
     _, plan = plan_scheme(state, SCHEME, config, model_class)
     chunks: list[list[tuple[str, str, bool]]] = [[]]
@@ -116,7 +163,9 @@ def write(directory: str, config: BertConfig, state: Mapping[str, np.ndarray], m
             size = 0
         chunks[-1].append(entry)
         size += n
-    work = tempfile.mkdtemp(prefix=".google-ckpt.", dir=directory)
+    cleanup_leftovers(os.path.join(directory, PREFIX))
+    work = temp_name(os.path.join(directory, PREFIX))  # a name later runs recognise (io_utils)
+    os.mkdir(work)
     try:
         prefixes = []
         for i, chunk in enumerate(chunks):
@@ -126,8 +175,7 @@ def write(directory: str, config: BertConfig, state: Mapping[str, np.ndarray], m
                               shape_and_slices=[""] * len(chunk), tensors=tensors)
             del tensors
             prefixes.append(prefix)
-            if progress is not None:
-                progress(int(sum(np.asarray(state[name]).nbytes for name, _, _ in chunk)))
+            report(progress, sum(np.asarray(state[name]).nbytes for name, _, _ in chunk))
         merged = os.path.join(work, PREFIX)
         tf.raw_ops.MergeV2Checkpoints(checkpoint_prefixes=prefixes, destination_prefix=merged,
                                       delete_old_dirs=False)
@@ -142,3 +190,9 @@ def write(directory: str, config: BertConfig, state: Mapping[str, np.ndarray], m
         shutil.rmtree(work, ignore_errors=True)
     atomic_write_text(os.path.join(directory, CONFIG_NAME), json.dumps(google_config(config), indent=2) + "\n")
     return files + [CONFIG_NAME]
+
+
+FORMAT = Format("google-ckpt", (PREFIX + ".index",), read, write, "Google's original TF1 checkpoint + bert_config.json",
+                patterns=("*.index",), dir_patterns=("*.ckpt*.index",))
+
+__all__ = ["read", "write", "read_tensors", "find_prefix", "FORMAT", "PREFIX", "CONFIG_NAME", "ALLOWED_DTYPES"]
