@@ -25,7 +25,7 @@ from bert_common.checkpoint import copy_tokenizer_files
 from bert_common.config import BertConfig
 from bert_common.formats.base import find_config
 from bert_common.formats.shards import parse_size
-from bert_common.io_utils import atomic_directory, pinned_dir
+from bert_common.io_utils import atomic_directory, is_empty_dir, pinned_dir
 from bert_common.weights import IGNORED_BUFFERS, head_spec
 
 try:
@@ -123,8 +123,8 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
         head_spec(model_class)  # ValueError naming the class and the valid ones
     if not os.path.exists(src) and not os.path.exists(src + ".index"):
         raise FileNotFoundError(f"SRC {src!r} does not exist")
-    if os.path.exists(dst) and not overwrite:
-        raise FileExistsError(f"DST {dst!r} exists; pass --overwrite to replace it")
+    if os.path.exists(dst) and not overwrite and not is_empty_dir(dst):
+        raise FileExistsError(f"DST {dst!r} exists and is not empty; pass --overwrite to replace it")
     if os.path.abspath(dst) == os.path.abspath(_src_dir(src)) or os.path.abspath(dst) == os.path.abspath(src):
         raise ValueError(f"DST {dst!r} is the source directory; write to a new directory")
 
@@ -132,14 +132,13 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
         with attempt as path:
             cfg = find_config(path, config)
             state, src_format = formats.read_weights(path, cfg, model_class=model_class)
-    cls = None
-    if cfg is not None:  # refuse weights that do not fit the config before writing anything
-        cls, _ = formats.plan_scheme(state, "torch", cfg, model_class)
-    elif to not in ("safetensors", "pytorch"):  # the formats that name tensors canonically
-        raise ValueError(f"--to {to} names tensors by the model's layers and head, which needs the config: "
-                         f"no config.json or bert_config.json beside {src}; pass --config")
+    if cfg is None:  # an output without config.json is not a checkpoint any loader (or `bertrio info`) accepts
+        raise ValueError(f"SRC {src!r} has no config.json or bert_config.json beside its weights; pass --config "
+                         f"CONFIG_JSON so that the output is a loadable checkpoint")
+    cls, _ = formats.plan_scheme(state, "torch", cfg, model_class)  # weights must fit the config: checked before writing
     state = _cast_all(state, DTYPES[dtype] if dtype else None, progress)
-    n_params = int(sum(a.size for n, a in state.items() if n.removeprefix("bert.") not in IGNORED_BUFFERS))
+    weights = [n for n in state if n.removeprefix("bert.") not in IGNORED_BUFFERS]  # as `bertrio info` counts
+    n_params = int(sum(state[n].size for n in weights))
 
     total = int(sum(a.nbytes for a in state.values()))
     bar = _Bar(total, progress, f"writing {to}")  # every writer reports each file (or chunk) it finishes
@@ -148,16 +147,15 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str =
                                       model_class=model_class)
         bar.close()
         written = int(sum(os.path.getsize(os.path.join(tmp, f)) for f in files))
-        if cfg is not None:
-            out_cfg = cfg
-            if cls is not None and not cfg.to_dict().get("architectures"):
-                out_cfg = BertConfig.from_dict(cfg.to_dict(), architectures=[cls])
-            if dtype is not None:
-                out_cfg = BertConfig.from_dict(out_cfg.to_dict(), torch_dtype=dtype)
-            out_cfg.save_pretrained(tmp)
-            files.append("config.json")
+        out_cfg = cfg
+        if not cfg.to_dict().get("architectures"):
+            out_cfg = BertConfig.from_dict(cfg.to_dict(), architectures=[cls])
+        if dtype is not None:
+            out_cfg = BertConfig.from_dict(out_cfg.to_dict(), torch_dtype=dtype)
+        out_cfg.save_pretrained(tmp)
+        files.append("config.json")
         files += copy_tokenizer_files(_src_dir(src), tmp)
-    return ConvertSummary(src_format, to, os.path.abspath(dst), len(state), n_params, written,
+    return ConvertSummary(src_format, to, os.path.abspath(dst), len(weights), n_params, written,
                           time.perf_counter() - start, files, cls)
 
 

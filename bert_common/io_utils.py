@@ -218,6 +218,11 @@ def atomic_write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def is_empty_dir(path: str) -> bool:
+    """True for an existing directory (not a symlink) with no entries."""
+    return os.path.isdir(path) and not os.path.islink(path) and not os.listdir(path)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
     """Yield a new empty temp directory beside ``path``; on success it becomes ``path`` (``publish``).
@@ -229,13 +234,15 @@ def atomic_directory(path: str, overwrite: bool = False) -> Iterator[str]:
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     cleanup_leftovers(path)
-    if os.path.lexists(path) and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    # An existing empty directory holds nothing to lose (a user's `mkdir out` first): it is replaced.
+    replace = overwrite or is_empty_dir(path)
+    if os.path.lexists(path) and not replace:
+        raise FileExistsError(f"{path} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     tmp = temp_name(path)
     os.mkdir(tmp, 0o777)  # 0o777 & ~umask
     try:
         yield tmp
-        publish(tmp, path, replace=overwrite)
+        publish(tmp, path, replace=replace)
     except BaseException:
         _remove(tmp)
         raise

@@ -232,3 +232,32 @@ def test_cli_shard_size_for_every_shardable_format(tmp_path, fmt):
         assert len(set(index["weight_map"].values())) > 2
         assert main(["convert", str(mid), str(back)]) == 0
         assert (back / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
+
+
+def test_source_without_config_needs_config_flag(tmp_path, capsys):
+    """An output without config.json is not a checkpoint: convert refuses unless --config is given."""
+    src = source(tmp_path, "BertModel")
+    cfg = tmp_path / "elsewhere.json"
+    os.replace(src / "config.json", cfg)
+    assert main(["convert", str(src), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no config.json or bert_config.json" in err and "--config" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", str(src), str(tmp_path / "out"), "--config", str(cfg)]) == 0
+    assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_empty_existing_dst_is_fine_and_counts_match_info(tmp_path, capsys):
+    src = source(tmp_path, "BertForPreTraining")
+    dst = tmp_path / "out"
+    dst.mkdir()
+    assert main(["convert", str(src), str(dst), "--to", "flax-msgpack"]) == 0
+    converted = capsys.readouterr().out
+    assert (dst / "flax_model.msgpack").is_file()
+    assert main(["info", str(dst)]) == 0
+    info = capsys.readouterr().out
+    n_info = int(next(line.split()[-1] for line in info.splitlines() if line.startswith("tensors")))
+    assert f": {n_info} tensors," in converted
+    (dst / "keep.txt").write_text("not empty")
+    assert main(["convert", str(src), str(dst)]) == 2
+    assert "not empty" in capsys.readouterr().err
