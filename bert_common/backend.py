@@ -66,3 +66,11 @@ def backend_module(name: str | None = None) -> ModuleType:
     key = get_backend() if name is None else _normalise(name, "backend")
     _require(key)
     return importlib.import_module(BACKENDS[key][0])
+
+
+def backend_submodule(name: str, submodule: str) -> ModuleType:
+    """The module ``<backend package>.<submodule>`` of backend ``name`` (e.g. ``("torch", "export")`` ->
+    ``bert_torch.export``), imported by name so framework-free code never imports a backend statically."""
+    key = _normalise(name, "backend")
+    _require(key)
+    return importlib.import_module(f"{BACKENDS[key][0]}.{submodule}")
