@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from conformance.tolerances import Tol
+from conformance.tolerances import Noise, Tol
 
 # Which axis of a field indexes query positions (compared only where attention_mask == 1).
 # Fields not listed, and per-head fields without a token axis (sequence-level logits), are compared whole.
@@ -29,7 +29,8 @@ FINAL_ORDER = ("last_hidden_state", "pooler_output", "prediction_logits", "seq_r
 
 def flatten_outputs(out: Any, to_numpy: Callable[[Any], np.ndarray] = np.asarray,
                     prefix: str = "") -> dict[str, np.ndarray]:
-    """Nested dict / tuple / list of arrays -> ``{dotted path: float32 array}`` (None leaves dropped).
+    """Nested dict / tuple / list of arrays -> ``{dotted path: float32 array}`` (None leaves dropped;
+    float64 leaves stay float64).
 
     ``to_numpy`` converts a framework tensor leaf; a Hugging Face cache object (``to_legacy_cache``) is
     flattened as its legacy tuple, so every adapter names cache tensors ``past_key_values.{layer}.{j}``.
@@ -46,7 +47,9 @@ def flatten_outputs(out: Any, to_numpy: Callable[[Any], np.ndarray] = np.asarray
         for i, v in enumerate(out):
             flat.update(flatten_outputs(v, to_numpy, f"{prefix}{i}."))
     else:
-        flat[prefix[:-1]] = np.asarray(to_numpy(out), dtype=np.float32)
+        arr = np.asarray(to_numpy(out))
+        # float64 (the truth runs) stays float64; everything else is compared in float32.
+        flat[prefix[:-1]] = arr if arr.dtype == np.float64 else arr.astype(np.float32)
     return flat
 
 
@@ -94,25 +97,41 @@ class TensorDiff:
     max_abs: float
     ref_max: float
     passed: bool
-    first_values: tuple[float, float] | None = None  # (ours, reference) at the worst position
+    first_values: tuple[float, float] | None = None  # (ours, reference) at the first failing position
     note: str = ""
-    rel_norm: float = 0.0  # ‖Δ‖₂ / ‖ref‖₂
+    rel_norm: float = 0.0   # ‖Δ‖₂ / ‖ref‖₂ (reported; the verdict uses the noise ratios)
+    rms: float = 0.0        # RMS(Δ)
+    noise_rms: float = 0.0  # σ_rms: RMS distance of an implementation in this dtype from the float64 truth
+    noise_max: float = 0.0  # σ_max
+    ratio_rms: float = 0.0  # RMS(Δ) / σ_rms, judged against Tol.rms
+    ratio_max: float = 0.0  # max|Δ| / σ_max, judged against Tol.max
 
     def describe(self) -> str:
-        s = f"{self.path}: max|Δ|={self.max_abs:.3g} (max|ref|={self.ref_max:.3g}, ‖Δ‖/‖ref‖={self.rel_norm:.2g})"
+        s = (f"{self.path}: max|Δ|={self.max_abs:.3g} (max|ref|={self.ref_max:.3g}, ‖Δ‖/‖ref‖={self.rel_norm:.2g}; "
+             f"{self.ratio_rms:.3g}× / {self.ratio_max:.3g}× the fp noise (RMS / max))")
         if self.first_values is not None and not self.passed:
             s += f", first differing values {self.first_values[0]:.7g} vs {self.first_values[1]:.7g}"
         return s + (f" [{self.note}]" if self.note else "")
 
 
+def noise_scales(sample: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], mask: np.ndarray | None = None,
+                 model_class: str = "BertModel") -> dict[str, Noise]:
+    """Per path, how far ``sample`` (one implementation in the row's dtype) is from ``truth`` (the same
+    implementation in float64) on the entries the comparison looks at (kept positions)."""
+    return {p: Noise.measure(kept(p, np.asarray(sample[p], np.float64), mask, model_class),
+                             kept(p, np.asarray(truth[p], np.float64), mask, model_class))
+            for p in truth if p in sample and np.shape(sample[p]) == np.shape(truth[p])}
+
+
 def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol: Tol,
                  mask: np.ndarray | None = None, model_class: str = "BertModel",
-                 keys: list[str] | None = None) -> list[TensorDiff]:
-    """Compare every path of ``ref`` (or ``keys``) in forward order. Missing paths and shape mismatches fail."""
+                 keys: list[str] | None = None, noise: Mapping[str, Noise] | None = None) -> list[TensorDiff]:
+    """Compare every path of ``ref`` and ``a`` (or ``keys``) in forward order, each against its noise
+    scale (``noise_scales``; a path without one is held to one rounding of the reference). Missing paths
+    and shape mismatches fail."""
     out = []
+    noise = noise or {}
     paths = sorted(set(ref) | set(a), key=field_order) if keys is None else keys
-    global_max = max((float(np.nanmax(np.abs(np.asarray(v, np.float64)))) for v in ref.values()
-                      if np.size(v) and not np.all(np.isnan(v))), default=0.0) if tol.global_rel else 0.0
     for path in paths:
         if path not in a or path not in ref:
             out.append(TensorDiff(path, float("inf"), 0.0, False,
@@ -130,16 +149,20 @@ def diff_tensors(a: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], tol
         d = np.where(both_nan, 0.0, np.abs(xk - yk))
         d = np.where(np.isnan(d), np.inf, d)
         worst = int(np.argmax(d))
-        max_abs, ref_max = float(d[worst]), float(np.nanmax(np.abs(yk))) if not np.all(np.isnan(yk)) else 0.0
+        max_abs = float(d[worst])
+        ref_max = float(np.nanmax(np.abs(yk))) if not np.all(np.isnan(yk)) else 0.0
         diff_norm, ref_norm = float(np.sqrt(np.sum(d * d))), float(np.sqrt(np.nansum(yk * yk)))
-        passed = tol.allows(max_abs, ref_max, global_max, diff_norm, ref_norm, xk.size)
+        rms = diff_norm / np.sqrt(d.size)
+        nz = noise.get(path) or Noise.measure(yk, yk)
+        r_rms, r_max = tol.ratios(rms, max_abs, nz)
+        passed = bool(r_rms <= tol.rms and r_max <= tol.max)
         first = None
         if not passed:
-            bad = np.flatnonzero(d > tol.abs + tol.rel * ref_max + tol.global_rel * global_max)
+            bad = np.flatnonzero(d > tol.max * tol.scales(nz)[1])
             i = int(bad[0]) if bad.size else worst
             first = (float(xk[i]), float(yk[i]))
         rel_norm = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else float("inf"))
-        # A (near-)zero gradient judged by the RMS floor, not by its own norm: say so in the report.
-        note = "zero gradient" if tol.is_zero_level(ref_norm, global_max, xk.size) else ""
-        out.append(TensorDiff(path, max_abs, ref_max, passed, first, note=note, rel_norm=rel_norm))
+        s_rms, s_max = tol.scales(nz)
+        out.append(TensorDiff(path, max_abs, ref_max, passed, first, rel_norm=rel_norm, rms=rms, noise_rms=s_rms,
+                              noise_max=s_max, ratio_rms=r_rms, ratio_max=r_max))
     return out

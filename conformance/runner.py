@@ -16,13 +16,33 @@ from xml.sax.saxutils import escape, quoteattr
 
 from bert_common.cli.base import EXIT_MISMATCH, EXIT_OK, default_checkpoint
 from bert_common.io_utils import atomic_write_text
-from conformance.cases import CACHE_CLASSES, checkpoint_cases
-from conformance.suite import ALL_BACKENDS, ORACLE, Result, Runner, adapter, available_backends
+from conformance.cases import checkpoint_cases
+from conformance.suite import (ALL_BACKENDS, ARTIFACTS, CHECKS, DEFAULT_CHECKS, ORACLE, Result, Runner, adapter,
+                               available_backends, plan, run_plan, truth_backend)
 from conformance.tolerances import TOLERANCES, markdown_table
 
 DTYPES = ("float32", "bfloat16", "float16")
-CHECKS = ("forward", "grads", "cache", "adamw", "train_mode")
-DEFAULT_CHECKS = ("forward", "grads", "cache")
+# Distributions whose versions a report records (the first installed name of each entry).
+VERSIONED = {"bertrio": ("bertrio",), "torch": ("torch",), "tensorflow": ("tensorflow-cpu", "tensorflow"),
+             "keras": ("keras",), "jax": ("jax",), "jaxlib": ("jaxlib",), "flax": ("flax",), "optax": ("optax",),
+             "numpy": ("numpy",), "transformers": ("transformers",)}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of bertrio, the frameworks and NumPy, plus Python and the platform."""
+    from importlib import metadata
+    out: dict[str, str | None] = {}
+    for key, dists in VERSIONED.items():
+        out[key] = None
+        for d in dists:
+            try:
+                out[key] = metadata.version(d)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    out["python"] = platform.python_version()
+    out["platform"] = platform.platform()
+    return out
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -30,13 +50,13 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def select_backends(requested: list[str] | None) -> list[str]:
-    installed = available_backends(ALL_BACKENDS + (ORACLE,))
+    installed = available_backends(ALL_BACKENDS + ARTIFACTS + (ORACLE,))
     if requested is None:
         chosen = [b for b in ALL_BACKENDS if b in installed]
     else:
         for b in requested:
-            if b not in ALL_BACKENDS + (ORACLE,):
-                raise ValueError(f"--backends: {b!r} is not one of {list(ALL_BACKENDS) + [ORACLE]}")
+            if b not in ALL_BACKENDS + ARTIFACTS + (ORACLE,):
+                raise ValueError(f"--backends: {b!r} is not one of {list(ALL_BACKENDS + ARTIFACTS) + [ORACLE]}")
             if b not in installed:
                 raise ValueError(f"--backends: {b!r} is not installed (installed: {installed})")
         chosen = requested
@@ -46,56 +66,49 @@ def select_backends(requested: list[str] | None) -> list[str]:
 
 
 def run(checkpoint: str, backends: list[str], heads: list[str] | None, dtypes: list[str], devices: list[str],
-        checks: list[str], batch: int = 2, seq: int = 16, log=print) -> tuple[list[Result], dict]:
+        checks: list[str], batch: int = 2, seq: int = 16, progress: bool = False) -> tuple[list[Result], dict]:
     """Run ``checks`` for every case; returns (results, environment record)."""
+    truth = truth_backend()
     env: dict = {"checkpoint": os.path.abspath(checkpoint), "backends": backends, "dtypes": dtypes,
-                 "devices": devices, "checks": checks, "python": platform.python_version(), "tf32": {}}
+                 "devices": devices, "truth": f"{truth} in float64", "versions": versions(), "tf32": {}}
     cases = checkpoint_cases(checkpoint, heads, batch=batch, seq=seq)
     # Gradients need a loss; BertModel has none. When no selected head has one (a base checkpoint), the
     # gradient checks run on BertForPreTraining over the same encoder weights, its head seeded identically
     # in every backend, so every encoder parameter of the checkpoint still gets its gradient compared.
     trainable = [c for c in cases if c.model_class != "BertModel"]
-    if not trainable and ({"grads", "adamw"} & set(checks)):
+    if not trainable and any(CHECKS[c].needs_loss for c in checks):
         trainable = checkpoint_cases(checkpoint, ["BertForPreTraining"], batch=batch, seq=seq)
     results: list[Result] = []
     seconds: dict[str, float] = {b: 0.0 for b in backends}
+    units = plan(cases, trainable, checks, dtypes)
     for device in devices:
         if device == "gpu":
-            for b in backends:
+            for b in dict.fromkeys(backends + [truth]):
                 env["tf32"][b] = adapter(b).pin_tf32_off()
-        runner = Runner(backends, device=device)
-        for case in cases:
-            if "forward" in checks and "float32" in dtypes:
-                results += runner.forward(case)
-            for dt in dtypes:
-                if dt != "float32":
-                    results += runner.half(case, dt)
-            if "cache" in checks and case.config.is_decoder and case.model_class in CACHE_CLASSES:
-                results += Runner([b for b in backends if b != ORACLE], device).cache(case)
-            if "train_mode" in checks:
-                results += runner.train_mode(case)
-            runner.release(case)
-        for case in trainable:
-            if "grads" in checks:
-                results += runner.grads(case)
-            if "adamw" in checks:
-                results += runner.adamw(case)
-            runner.release(case)
+        runner = Runner(backends, device=device, truth=truth)
+        results += run_plan(runner, units, progress=progress)
         for b, s in runner.seconds.items():
-            seconds[b] += s
+            seconds[b] = seconds.get(b, 0.0) + s
     env["seconds_per_backend"] = seconds
+    env["checks"] = list(dict.fromkeys(r.check for r in results))  # only the checks that ran
     return results, env
 
 
+def _summary(r: Result) -> tuple[str, str, str, str]:
+    """(max |Δ|, max ‖Δ‖/‖ref‖, worst noise ratios "RMS / max", worst tensor) of one result."""
+    w = r.worst
+    if w is None:
+        return "-", "-", "-", "-"
+    rel = max((d.rel_norm for d in r.diffs if np.isfinite(d.rel_norm)), default=0.0)
+    return (f"{max(d.max_abs for d in r.diffs):.2e}", f"{rel:.1e}", f"{w.ratio_rms:.2g} / {w.ratio_max:.2g}", w.path)
+
+
 def format_table(results: list[Result], env: dict) -> str:
-    rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "max ‖Δ‖/‖ref‖", "worst tensor", "verdict")]
+    rows = [("check", "head", "pair", "dtype/dev", "tensors", "max |Δ|", "max ‖Δ‖/‖ref‖", "noise × (RMS/max)",
+             "worst tensor", "verdict")]
     for r in results:
-        w = r.worst
-        # Norm-wise error over tensors judged by their own norm (zero gradients use the floor; see max |Δ|).
-        rel = max((d.rel_norm for d in r.diffs if np.isfinite(d.rel_norm) and not d.note), default=0.0)
         rows.append((r.check, r.model_class, f"{r.pair[0]} vs {r.pair[1]}", f"{r.dtype}/{r.device}",
-                     str(len(r.diffs)), f"{w.max_abs:.2e}" if w else "-", f"{rel:.1e}", w.path if w else "-",
-                     "PASS" if r.passed else "FAIL"))
+                     str(len(r.diffs)), *_summary(r), "PASS" if r.passed else "FAIL"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -110,13 +123,15 @@ def to_markdown(results: list[Result], env: dict) -> str:
            f"- backends: {', '.join(env['backends'])}; dtypes: {', '.join(env['dtypes'])}; devices: "
            f"{', '.join(env['devices'])}", f"- TF32: {env['tf32'] or 'n/a (CPU)'}",
            f"- verdict: **{'PASS' if not n_fail else f'FAIL ({n_fail} checks)'}**", "",
-           "| check | head | pair | dtype/device | tensors | max abs diff | worst tensor | verdict |",
-           "|---|---|---|---|---|---|---|---|"]
+           f"- truth: {env.get('truth', '-')}; each tensor is judged against its own fp noise (see Tolerances)",
+           "",
+           "| check | head | pair | dtype/device | tensors | max abs diff | max ‖Δ‖/‖ref‖ (norm-wise) | "
+           "worst noise ratio (RMS / max) | worst tensor | verdict |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        w = r.worst
+        mx, rel, ratio, path = _summary(r)
         out.append(f"| {r.check} | {r.model_class} | {r.pair[0]} vs {r.pair[1]} | {r.dtype}/{r.device} | "
-                   f"{len(r.diffs)} | {w.max_abs:.2e} | `{w.path}` | {'PASS' if r.passed else '**FAIL**'} |"
-                   if w else f"| {r.check} | {r.model_class} | {r.pair[0]} vs {r.pair[1]} | - | 0 | - | - | - |")
+                   f"{len(r.diffs)} | {mx} | {rel} | {ratio} | `{path}` | {'PASS' if r.passed else '**FAIL**'} |")
     failures = [r for r in results if not r.passed]
     if failures:
         out += ["", "## Failures", ""] + [f"- {r.message()}" for r in failures]
@@ -168,7 +183,9 @@ def run_cli(args: argparse.Namespace) -> int:
             return EXIT_MISMATCH
     heads = _split(args.heads)
     t0 = time.perf_counter()
-    results, env = run(path, backends, heads, dtypes, devices, checks, batch=args.batch, seq=args.seq)
+    progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    results, env = run(path, backends, heads, dtypes, devices, checks, batch=args.batch, seq=args.seq,
+                       progress=progress)
     env["seconds_total"] = time.perf_counter() - t0
     print(format_table(results, env))
     failures = [r for r in results if not r.passed]

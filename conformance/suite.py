@@ -6,33 +6,50 @@ framework: adapters do, when they are loaded.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import itertools
+import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from bert_common.config import BertConfig
-from conformance.compare import TensorDiff, diff_tensors, flatten_outputs, unflatten_cache
-from conformance.tolerances import tolerance
+from conformance.compare import TensorDiff, diff_tensors, field_order, noise_scales, unflatten_cache
+from conformance.tolerances import Noise, tolerance
 
 ALL_BACKENDS = ("torch", "tf", "flax")
 ORACLE = "hf"
-# One AdamW step, the same in every framework. Adam's first step moves each weight by about
-# lr * g / (|g| + eps): with BERT's eps = 1e-6 a gradient that is mathematically zero (attention key
-# biases, the multiple-choice bias) turns its ~1e-8 rounding noise into a move of ~lr/100 whose sign is
-# arbitrary, so no framework pair can agree on it. eps = 1e-4 keeps that amplification below the step
-# tolerance while the check still exercises every part of the update; weight decay 0.1 makes a wrong
-# no-decay mask (bert_common.weights.no_weight_decay) visible at lr * 0.1 * |w|.
-ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.999), "eps": 1e-4}
+# Exported artifacts (bertrio export) as inference-only backends: conformance/adapters/artifact.py.
+ARTIFACTS = ("onnx", "saved-model", "stablehlo")
+# Adapters with a float64 mode, in order of preference: the float64 truth every verdict is calibrated on
+# (see conformance/tolerances.py) comes from the first one installed.
+TRUTH_BACKENDS = ("torch", "hf")
+# One AdamW step with BERT's own hyper-parameters (eps 1e-6), the same in every framework. Weight decay
+# 0.1 makes a wrong no-decay mask (bert_common.weights.no_weight_decay) visible at lr * 0.1 * |w|. Adam's
+# first step moves a weight by lr * g / (|g| + eps): a gradient that is mathematically zero (attention key
+# biases, the multiple-choice bias) holds only rounding noise, which the step turns into a move of
+# ~lr * noise / eps with an arbitrary sign. The float64 truth has no such noise, so the measured distance
+# of an fp32 step from it is exactly the floor those parameters need (docs/tolerances.md).
+ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.999), "eps": 1e-6}
 LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions")
+CACHE_CLASSES = ("BertModel", "BertLMHeadModel")  # the classes whose outputs carry past_key_values
 
 
 def adapter(name: str):
     """The adapter module ``conformance.adapters.<name>``."""
-    return importlib.import_module(f"conformance.adapters.{name}")
+    return importlib.import_module(f"conformance.adapters.{name.replace('-', '_')}")
+
+
+def truth_backend() -> str:
+    """The installed adapter the float64 truth comes from (``TRUTH_BACKENDS``)."""
+    for name in TRUTH_BACKENDS:
+        if available_backends((name,)):
+            return name
+    raise ValueError(f"the float64 truth needs one of {list(TRUTH_BACKENDS)} installed (pip install "
+                     f"'bertrio[torch]'): every verdict is calibrated on it")
 
 
 def available_backends(names=ALL_BACKENDS + (ORACLE,)) -> list[str]:
@@ -64,7 +81,8 @@ class Result:
 
     @property
     def worst(self) -> TensorDiff | None:
-        return max(self.diffs, key=lambda d: d.max_abs, default=None)
+        """The tensor furthest from agreement, in units of its own noise scale."""
+        return max(self.diffs, key=lambda d: (max(d.ratio_rms, d.ratio_max), d.max_abs), default=None)
 
     @property
     def first_failure(self) -> TensorDiff | None:
@@ -89,6 +107,8 @@ class Result:
                 "variant": self.variant, "dtype": self.dtype, "device": self.device, "passed": self.passed,
                 "seconds": self.seconds,
                 "tensors": [{"path": d.path, "max_abs": d.max_abs, "ref_max": d.ref_max, "rel_norm": d.rel_norm,
+                             "rms": d.rms, "noise_rms": d.noise_rms, "noise_max": d.noise_max,
+                             "ratio_rms": d.ratio_rms, "ratio_max": d.ratio_max,
                              "passed": d.passed, "first_values": d.first_values, "note": d.note}
                             for d in self.diffs]}
 
@@ -110,13 +130,16 @@ class Case:
 
 
 class Runner:
-    """Builds each backend's model once per (case, dtype, device) and runs the checks."""
+    """Builds each backend's model once per (case, dtype, device), runs the checks, and measures each
+    check's noise scale against the float64 truth (``truth``: an adapter name of ``TRUTH_BACKENDS``)."""
 
-    def __init__(self, backends: list[str], device: str = "cpu"):
+    def __init__(self, backends: list[str], device: str = "cpu", truth: str | None = None):
         self.backends = list(backends)
         self.device = device
+        self.truth = truth or truth_backend()
         self.seconds: dict[str, float] = {b: 0.0 for b in backends}
         self._handles: dict[tuple, Any] = {}
+        self._memo: dict[tuple, Any] = {}
 
     def handle(self, backend: str, case: Case, dtype: str = "float32"):
         key = (backend, id(case), dtype)
@@ -124,94 +147,163 @@ class Runner:
             t = time.perf_counter()
             self._handles[key] = adapter(backend).build(case.model_class, case.config, case.state, dtype=dtype,
                                                         device=self.device)
-            self.seconds[backend] += time.perf_counter() - t
+            self._account(backend, dtype, time.perf_counter() - t)
         return self._handles[key]
 
     def release(self, case: Case) -> None:
         for key in [k for k in self._handles if k[1] == id(case)]:
             del self._handles[key]
+        for key in [k for k in self._memo if k[1] == id(case)]:
+            del self._memo[key]
+
+    def _account(self, backend: str, dtype: str, dt: float) -> None:
+        name = f"{backend}[float64 truth]" if dtype == "float64" else backend
+        self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
     def _timed(self, backend: str, fn, *args, **kwargs):
         t = time.perf_counter()
         out = fn(*args, **kwargs)
         dt = time.perf_counter() - t
-        self.seconds[backend] += dt
+        self.seconds[backend] = self.seconds.get(backend, 0.0) + dt
         return out, dt
+
+    def for_check(self, check: str) -> "Runner":
+        """This runner over the backends whose adapter takes part in ``check`` (an adapter's ``CHECKS``;
+        every check when it has none), sharing models and results with it."""
+        able = [b for b in self.backends if check in getattr(adapter(b), "CHECKS", (check,))]
+        if able == self.backends:
+            return self
+        view = copy.copy(self)
+        view.backends = able
+        return view
 
     def _pairs(self, results: Mapping[str, Any]) -> list[tuple[str, str]]:
         names = [b for b in self.backends if b in results]
         return list(itertools.combinations(names, 2))
 
+    # ------------------------------------------------------------ one run of one backend, memoised
+    def result(self, backend: str, case: Case, dtype: str, kind: str, **hyper) -> tuple[dict[str, np.ndarray], float]:
+        """(flat tensors, seconds) of ``kind`` ("outputs": the forward with every field; "grads": loss and
+        ``grad.<name>``; "step": the weights after one AdamW step) for one backend in one dtype (float64:
+        the truth), computed once per case."""
+        key = (backend, id(case), dtype, kind, tuple(sorted(hyper.items())))
+        if key not in self._memo:
+            ad = adapter(backend)
+            t = time.perf_counter()
+            if kind == "outputs":
+                flat = ad.forward(self.handle(backend, case, dtype), case.inputs)
+            elif kind == "grads":
+                loss, g = ad.grads(self.handle(backend, case, dtype), case.inputs)
+                flat = {"loss": np.asarray(loss, np.float64 if dtype == "float64" else np.float32),
+                        **{f"grad.{k}": v for k, v in g.items()}}
+            elif kind == "step":  # a fresh model: the step mutates it
+                h = ad.build(case.model_class, case.config, case.state, dtype=dtype, device=self.device)
+                flat = ad.adamw_step(h, case.inputs, **{**ADAMW, **hyper})
+            else:
+                raise ValueError(f"kind={kind!r} is not one of ['outputs', 'grads', 'step']")
+            dt = time.perf_counter() - t
+            self._account(backend, dtype, dt)
+            self._memo[key] = (flat, dt)
+        return self._memo[key]
+
+    def noise(self, case: Case, kind: str, dtype: str = "float32", **hyper) -> dict[str, Noise]:
+        """Per tensor, how far the truth backend run in ``dtype`` is from itself in float64.
+
+        Two floors come from the float64 truth too. Gradients: a tensor whose truth is below one rounding
+        of the check's largest gradient (``unit · max|T|``) is mathematically zero (a softmax shift, a
+        single-key attention row), so every fp32 implementation can only return the rounding noise of the
+        terms that cancel there, of size ``unit · max|T|``, even where the truth backend happens to be
+        exact. AdamW step: the step moves a weight by ``lr · g / (|g| + eps)``, so its noise is at least
+        the gradient's noise scale times ``lr · eps / (|g| + eps)²`` (the derivative of that update)."""
+        sample, _ = self.result(self.truth, case, dtype, kind, **hyper)
+        truth, _ = self.result(self.truth, case, "float64", kind, **hyper)
+        mask = case.mask if kind == "outputs" else None
+        noise = noise_scales(sample, truth, mask, case.model_class)
+        unit = tolerance(dtype, self.device).outputs.unit
+        if kind == "grads":
+            scale = max((n.truth_max for n in noise.values() if np.isfinite(n.truth_max)), default=0.0)
+            noise = {p: dataclasses.replace(n, floor=unit * scale) if n.truth_max <= unit * scale else n
+                     for p, n in noise.items()}
+        elif kind == "step":
+            h = {**ADAMW, **hyper}
+            g_noise = self.noise(case, "grads", dtype)
+            g_truth, _ = self.result(self.truth, case, "float64", "grads")
+            row = tolerance(dtype, self.device).for_kind("grads")
+            for p, n in noise.items():
+                g = g_truth.get(f"grad.{p}")
+                if g is None:
+                    continue
+                sigma_g = row.scales(g_noise[f"grad.{p}"])[0]
+                gain = h["lr"] * h["eps"] / (np.abs(np.asarray(g, np.float64)) + h["eps"]) ** 2
+                noise[p] = dataclasses.replace(n, floor=float(np.max(gain)) * sigma_g)
+        return noise
+
     # ------------------------------------------------------------------ checks
     def forward(self, case: Case, dtype: str = "float32") -> list[Result]:
-        """Every output field (hidden states, attentions, pooler, logits, loss, cache) of every pair."""
-        tol = tolerance("float32", self.device).outputs
-        flat, secs = {}, {}
-        for b in self.backends:
-            flat[b], secs[b] = self._timed(b, adapter(b).forward, self.handle(b, case, dtype), case.inputs)
+        """Every output field (hidden states, attentions, pooler, logits, loss, cache) of every pair; in a
+        half dtype, each backend against the first backend's fp32 outputs (``half``)."""
+        if dtype != "float32":
+            return self.half(case, dtype)
+        tol = tolerance("float32", self.device).for_kind("outputs")
+        noise = self.noise(case, "outputs")
+        flat = {b: self.result(b, case, "float32", "outputs") for b in self.backends}
         return [Result("forward", (a, r), case.model_class, case.variant, dtype, self.device,
-                       diff_tensors(flat[a], flat[r], tol, case.mask, case.model_class),
-                       {a: secs[a], r: secs[r]})
+                       diff_tensors(flat[a][0], flat[r][0], tol, case.mask, case.model_class, noise=noise,
+                                    keys=compared_keys((a, flat[a][0]), (r, flat[r][0]))),
+                       {a: flat[a][1], r: flat[r][1]})
                 for r, a in self._pairs(flat)]
 
     def half(self, case: Case, dtype: str) -> list[Result]:
-        """Each backend in ``dtype`` against the first backend's fp32 outputs."""
-        tol = tolerance(dtype, self.device).outputs
+        """Each backend in ``dtype`` against the first backend's fp32 outputs; the noise scale is the truth
+        backend's own ``dtype`` run against its float64 truth."""
+        tol = tolerance(dtype, self.device).for_kind("outputs")
+        noise = self.noise(case, "outputs", dtype)
         ref_name = self.backends[0]
-        ref, _ = self._timed(ref_name, adapter(ref_name).forward, self.handle(ref_name, case), case.inputs)
+        ref, _ = self.result(ref_name, case, "float32", "outputs")
         out = []
         for b in self.backends:
-            flat, dt = self._timed(b, adapter(b).forward, self.handle(b, case, dtype), case.inputs)
+            flat, dt = self.result(b, case, dtype, "outputs")
             out.append(Result("half", (f"{b}[{dtype}]", f"{ref_name}[float32]"), case.model_class, case.variant,
-                              dtype, self.device, diff_tensors(flat, ref, tol, case.mask, case.model_class),
-                              {b: dt}))
+                              dtype, self.device,
+                              diff_tensors(flat, ref, tol, case.mask, case.model_class, noise=noise,
+                                           keys=compared_keys((b, flat), (ref_name, ref))), {b: dt}))
         return out
 
-    def grads(self, case: Case) -> list[Result]:
-        """d loss / d every canonical parameter, every pair."""
-        tol = tolerance("float32", self.device).grads
-        g, secs = {}, {}
-        for b in self.backends:
-            (loss, grads), secs[b] = self._timed(b, adapter(b).grads, self.handle(b, case), case.inputs)
-            g[b] = {"loss": np.float32(loss), **{f"grad.{k}": v for k, v in grads.items()}}
-        out_tol = tolerance("float32", self.device).outputs
-        results = []
-        for r, a in self._pairs(g):
-            diffs = diff_tensors({"loss": g[a]["loss"]}, {"loss": g[r]["loss"]}, out_tol)
-            diffs += diff_tensors({k: v for k, v in g[a].items() if k != "loss"},
-                                  {k: v for k, v in g[r].items() if k != "loss"}, tol)
-            results.append(Result("grads", (a, r), case.model_class, case.variant, "float32", self.device, diffs,
-                                  {a: secs[a], r: secs[r]}))
-        return results
+    def grads(self, case: Case, dtype: str = "float32") -> list[Result]:
+        """The loss and d loss / d every canonical parameter, every pair."""
+        tol = tolerance(dtype, self.device).for_kind("grads")
+        noise = self.noise(case, "grads", dtype)
+        g = {b: self.result(b, case, dtype, "grads") for b in self.backends}
+        return [Result("grads", (a, r), case.model_class, case.variant, dtype, self.device,
+                       diff_tensors(g[a][0], g[r][0], tol, noise=noise), {a: g[a][1], r: g[r][1]})
+                for r, a in self._pairs(g)]
 
-    def adamw(self, case: Case, **hyper) -> list[Result]:
+    def adamw(self, case: Case, dtype: str = "float32", **hyper) -> list[Result]:
         """Weights after one AdamW step with identical hyper-parameters (``ADAMW``), every pair."""
-        hyper = {**ADAMW, **hyper}
-        tol = tolerance("float32", self.device).step
-        w, secs = {}, {}
-        for b in self.backends:
-            # A fresh model: the step mutates it.
-            h = adapter(b).build(case.model_class, case.config, case.state, dtype="float32", device=self.device)
-            w[b], secs[b] = self._timed(b, adapter(b).adamw_step, h, case.inputs, **hyper)
-        return [Result("adamw", (a, r), case.model_class, case.variant, "float32", self.device,
-                       diff_tensors(w[a], w[r], tol), {a: secs[a], r: secs[r]})
+        tol = tolerance(dtype, self.device).for_kind("step")
+        noise = self.noise(case, "step", dtype, **hyper)
+        w = {b: self.result(b, case, dtype, "step", **hyper) for b in self.backends}
+        return [Result("adamw", (a, r), case.model_class, case.variant, dtype, self.device,
+                       diff_tensors(w[a][0], w[r][0], tol, noise=noise), {a: w[a][1], r: w[r][1]})
                 for r, a in self._pairs(w)]
 
-    def cache(self, case: Case, prefix: int | None = None) -> list[Result]:
+    def cache(self, case: Case, dtype: str = "float32", prefix: int | None = None) -> list[Result]:
         """Cached incremental decoding == the full forward, in every backend (and so across them).
 
         The prefix runs with ``use_cache=True``; the rest arrives as one 2-token chunk, then 1-token steps.
         """
-        tol = tolerance("float32", self.device).outputs
+        tol = tolerance(dtype, self.device).for_kind("outputs")
+        noise = self.noise(case, "outputs", dtype)
         inputs = case.without_labels()
         S = inputs["input_ids"].shape[-1]
         prefix = prefix or max(1, S - 4)
         key = "logits" if "logits" in _output_keys(case.model_class) else "last_hidden_state"
         results = []
         for b in self.backends:
-            ad, h = adapter(b), self.handle(b, case)
-            full, _ = self._timed(b, ad.forward, h, inputs, output_hidden_states=False, output_attentions=False,
-                                  use_cache=False)
+            if b == ORACLE:  # the oracle's own cache is not under test
+                continue
+            ad, h = adapter(b), self.handle(b, case, dtype)
+            full, _ = self.result(b, case, dtype, "outputs")
             cuts = [prefix] + list(range(prefix + 2, S, 1)) + [S]
             pieces, past, start = [], None, 0
             for end in cuts:
@@ -225,27 +317,104 @@ class Runner:
                 start = end
             inc = {key: np.concatenate(pieces, axis=1)}
             results.append(Result("cache", (f"{b}[cached]", f"{b}[full]"), case.model_class, case.variant,
-                                  "float32", self.device,
-                                  diff_tensors(inc, {key: full[key]}, tol, case.mask, case.model_class)))
+                                  dtype, self.device,
+                                  diff_tensors(inc, {key: full[key]}, tol, case.mask, case.model_class,
+                                               noise=noise)))
         return results
 
-    def train_mode(self, case: Case) -> list[Result]:
+    def train_mode(self, case: Case, dtype: str = "float32") -> list[Result]:
         """Training-mode outputs (dropout 0 in the case's config) equal eval-mode outputs, per backend."""
-        tol = tolerance("float32", self.device).outputs
+        tol = tolerance(dtype, self.device).for_kind("outputs")
+        noise = self.noise(case, "outputs", dtype)
         # Dropout 0 everywhere, whatever the checkpoint's config says: training mode must then be a no-op.
         quiet = case.config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                                     classifier_dropout=None)
         results = []
         for b in self.backends:
             ad = adapter(b)
-            h = ad.build(case.model_class, quiet, case.state, dtype="float32", device=self.device)
+            h = ad.build(case.model_class, quiet, case.state, dtype=dtype, device=self.device)
             ev, _ = self._timed(b, ad.forward, h, case.inputs)
             tr, _ = self._timed(b, ad.forward, h, case.inputs, train=True)
             results.append(Result("train_mode", (f"{b}[train]", f"{b}[eval]"), case.model_class, case.variant,
-                                  "float32", self.device, diff_tensors(tr, ev, tol, case.mask, case.model_class)))
+                                  dtype, self.device,
+                                  diff_tensors(tr, ev, tol, case.mask, case.model_class, noise=noise)))
         return results
+
+
+def compared_keys(*named: tuple[str, Mapping[str, np.ndarray]]) -> list[str] | None:
+    """The paths a pair compares: every path of both (None), unless one side is an exported artifact
+    (an adapter with ``output_keys``), which is compared on the fields it exports."""
+    for name, flat in named:
+        if hasattr(adapter(name), "output_keys"):
+            return sorted(flat, key=field_order)
+    return None
 
 
 def _output_keys(model_class: str) -> tuple[str, ...]:
     from bert_common.outputs import OUTPUT_FIELDS, OUTPUT_OF
     return OUTPUT_FIELDS[OUTPUT_OF[model_class]]
+
+
+# ---------------------------------------------------------------------------------------- check registry
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One kind of check: ``Runner.<method>(case, dtype) -> list[Result]``, run on the cases it applies to.
+
+    To add a check, write the Runner method and add one entry to ``CHECKS``; ``bertrio parity --checks``,
+    the plan below and the reports pick it up from there.
+    """
+    help: str
+    method: str
+    needs_loss: bool = False                     # runs on heads with a loss (gradient-based checks)
+    dtypes: tuple[str, ...] = ("float32",)       # the --dtype values it runs in ("*": every one)
+    applies: Callable[[Case], bool] = lambda case: True
+
+
+CHECKS: dict[str, Check] = {
+    "forward": Check("every output field of every pair (half dtypes: each backend against the fp32 reference)",
+                     "forward", dtypes=("*",)),
+    "grads": Check("the loss and d loss / d every canonical parameter", "grads", needs_loss=True),
+    "cache": Check("cached incremental decoding equals the full forward (decoder configs)", "cache",
+                   applies=lambda case: case.config.is_decoder and case.model_class in CACHE_CLASSES),
+    "adamw": Check("the weights after one AdamW step (BERT's hyper-parameters, eps 1e-6)", "adamw",
+                   needs_loss=True),
+    "train_mode": Check("training-mode outputs with dropout 0 equal eval-mode outputs", "train_mode"),
+}
+DEFAULT_CHECKS = ("forward", "grads", "cache")
+
+
+def plan(cases: list[Case], loss_cases: list[Case], checks: list[str], dtypes: list[str]
+         ) -> list[tuple[Case, str, str]]:
+    """(case, check, dtype) units in run order, grouped by case so each case's models are freed after it."""
+    units = []
+    ordered = list(cases) + [c for c in loss_cases if all(c is not x for x in cases)]
+    for case in ordered:
+        for name in checks:
+            chk = CHECKS[name]
+            pool = loss_cases if chk.needs_loss else cases
+            if not any(case is c for c in pool) or not chk.applies(case):
+                continue
+            for dt in dtypes:
+                if "*" in chk.dtypes or dt in chk.dtypes:
+                    units.append((case, name, dt))
+    return units
+
+
+def run_plan(runner: Runner, units: list[tuple[Case, str, str]], progress: bool = False) -> list[Result]:
+    """Run ``units`` (from ``plan``); ``progress``: a tqdm bar on stderr, one step per check."""
+    results: list[Result] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(units), unit="check", file=sys.stderr, leave=False)
+    for i, (case, name, dt) in enumerate(units):
+        if bar is not None:
+            bar.set_description(f"{name} {case.model_class} {dt}/{runner.device}")
+        results += getattr(runner.for_check(name), CHECKS[name].method)(case, dt)
+        if bar is not None:
+            bar.update(1)
+        if i + 1 == len(units) or units[i + 1][0] is not case:
+            runner.release(case)
+    if bar is not None:
+        bar.close()
+    return results

@@ -13,6 +13,8 @@ into ``{"last_hidden_state": a, "hidden_states.0": a, "attentions.1": a, "past_k
     build(model_class, config, state, dtype="float32", device="cpu") -> handle
         # model_class: a name in bert_common.weights.HEADS; state: canonical {name: np.ndarray} fp32.
         # dtype "bfloat16"/"float16": weights and matmuls in that dtype (softmax/LayerNorm in fp32).
+        # dtype "float64" (adapters named in conformance.suite.TRUTH_BACKENDS: torch, hf): the float64
+        # truth every verdict is calibrated on; its forward/grads/adamw_step return float64 arrays.
     forward(handle, inputs, output_hidden_states=True, output_attentions=True, use_cache=None,
             past_key_values=None, train=False) -> dict[str, np.ndarray]   # flat, float32
         # inputs: dict of NumPy arrays named as HF forward kwargs (labels included when given).
@@ -26,5 +28,12 @@ into ``{"last_hidden_state": a, "hidden_states.0": a, "attentions.1": a, "past_k
         # one AdamW step on the loss (no decay where bert_common.weights.no_weight_decay), returns the
         # updated canonical state dict; the framework's own optimizer (torch.optim.AdamW, optax.adamw,
         # keras.optimizers.AdamW).
+
+Exported artifacts (``bertrio export``) are inference-only backends: ``onnx``, ``saved-model``
+(module ``saved_model``) and ``stablehlo`` implement ``available``, ``devices``, ``pin_tf32_off``,
+``build`` (export the case from the source backend, or load the directory given to
+``artifact.use_artifact``) and ``forward`` (the exported fields only), plus ``CHECKS = ("forward",)`` and
+``output_keys(handle)``; see ``conformance/adapters/artifact.py``.
 """
 ADAPTERS = ("torch", "tf", "flax")
+ARTIFACT_ADAPTERS = ("onnx", "saved-model", "stablehlo")

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from conformance.adapters.torch import _past, _to_numpy, devices, flatten, pin_tf32_off  # noqa: F401
+from conformance.adapters.torch import _from_numpy, _past, _to_numpy, devices, flatten, pin_tf32_off  # noqa: F401
+from conformance.adapters.torch import torch_dtype
 from conformance.adapters.torch import forward as _torch_forward
 
 NAME = "hf"
@@ -42,20 +43,19 @@ def build(model_class: str, config, state: Mapping[str, np.ndarray], dtype: str 
     import torch
     import transformers
     from bert_common.weights import canonical_shapes
-    from bert_torch.modeling import resolve_dtype
     cls = getattr(transformers, model_class)
     model = cls(hf_config(config, attn_implementation))
     shapes = canonical_shapes(config, model_class)
     if set(state) != set(shapes):
         raise ValueError(f"state does not match {model_class}: missing {sorted(set(shapes) - set(state))[:5]}, "
                          f"unexpected {sorted(set(state) - set(shapes))[:5]}")
-    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
+    tensors = {k: _from_numpy(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
     result = model.load_state_dict(tensors, strict=False)
     unfilled = [k for k in result.missing_keys if not k.endswith(_HF_ONLY)]
     if unfilled or result.unexpected_keys:
         raise ValueError(f"HF {model_class} not filled: missing {unfilled}, unexpected {result.unexpected_keys}")
     model.eval()
-    return model.to(device=torch.device("cuda" if device == "gpu" else "cpu"), dtype=resolve_dtype(dtype))
+    return model.to(device=torch.device("cuda" if device == "gpu" else "cpu"), dtype=torch_dtype(dtype))
 
 
 def _inputs(model, inputs: Mapping[str, Any]) -> dict:
@@ -63,8 +63,10 @@ def _inputs(model, inputs: Mapping[str, Any]) -> dict:
     out = {}
     for k, v in inputs.items():
         a = np.asarray(v)
-        t = torch.from_numpy(np.ascontiguousarray(a))
-        t = t.long() if np.issubdtype(a.dtype, np.integer) else (t if k == "labels" else t.to(model.dtype))
+        t = _from_numpy(a)
+        # Float labels stay fp32 (HF's convention), except in the float64 truth mode.
+        keep = k == "labels" and model.dtype != torch.float64
+        t = t.long() if np.issubdtype(a.dtype, np.integer) else (t if keep else t.to(model.dtype))
         out[k] = t.to(model.device)
     return out
 

@@ -32,10 +32,26 @@ def pin_tf32_off() -> str:
 
 
 def _to_numpy(x) -> np.ndarray:
+    """A tensor -> NumPy: float64 stays float64 (the truth runs), every other float dtype becomes float32."""
     import torch
     if isinstance(x, torch.Tensor):
-        return x.detach().float().cpu().numpy()
+        x = x.detach()
+        return (x if x.dtype == torch.float64 else x.float()).cpu().numpy()
     return np.asarray(x, dtype=np.float32)
+
+
+def _from_numpy(a: np.ndarray):
+    """NumPy -> CPU tensor without torch's "array is not writable" warning (file buffers are read-only)."""
+    import torch
+    a = np.asarray(a)
+    return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C"))
+
+
+def torch_dtype(dtype: str):
+    """Adapter dtype name -> torch dtype; "float64" is the truth mode (``conformance.suite``)."""
+    import torch
+    from bert_torch.modeling import resolve_dtype
+    return torch.float64 if dtype == "float64" else resolve_dtype(dtype)
 
 
 def flatten(out: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -52,10 +68,16 @@ def _device(device: str):
 
 
 def build(model_class: str, config, state: Mapping[str, np.ndarray], dtype: str = "float32", device: str = "cpu"):
-    """A ``bert_torch`` model of ``model_class`` holding ``state`` (canonical fp32), in eval mode."""
-    from bert_torch.modeling import build as _build, resolve_dtype
+    """A ``bert_torch`` model of ``model_class`` holding ``state`` (canonical fp32), in eval mode.
+
+    Attention runs eager unless the config names an implementation: the suite requests attention maps, which SDPA cannot return (it would fall back
+    with a warning), and the fp32 run and its float64 truth must take the same path. ``dtype="float64"``
+    is the truth mode the suite measures fp32 rounding noise against."""
+    from bert_torch.modeling import build as _build
+    if config.attn_implementation is None:  # a config that names one (a test of the fused path) keeps it
+        config = config.replace(attn_implementation="eager")
     model = _build(model_class, config, state)
-    return model.to(device=_device(device), dtype=resolve_dtype(dtype))
+    return model.to(device=_device(device), dtype=torch_dtype(dtype))
 
 
 def _inputs(model, inputs: Mapping[str, Any]) -> dict:
@@ -64,10 +86,10 @@ def _inputs(model, inputs: Mapping[str, Any]) -> dict:
     out = {}
     for k, v in inputs.items():
         a = np.asarray(v)
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = _from_numpy(a)
         if np.issubdtype(a.dtype, np.integer):
             t = t.long()
-        elif k not in ("labels",):
+        elif k not in ("labels",) or model.dtype == torch.float64:  # float labels stay fp32, except in truth mode
             t = t.to(model.dtype)
         out[k] = t.to(model.device)
     return out
@@ -77,7 +99,7 @@ def _past(model, past):
     import torch
     if past is None:
         return None
-    return tuple(tuple(torch.from_numpy(np.asarray(a)).to(model.device, model.dtype) for a in layer)
+    return tuple(tuple(_from_numpy(a).to(model.device, model.dtype) for a in layer)
                  for layer in past)
 
 
@@ -128,4 +150,5 @@ def adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), e
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     opt.step()
-    return handle.canonical_state_dict()
+    # The truth mode keeps float64 (dtype=None: the model's own dtype); fp32 runs return fp32.
+    return handle.canonical_state_dict(dtype=None if handle.dtype == torch.float64 else "float32")
