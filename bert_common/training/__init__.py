@@ -2,7 +2,11 @@
 train-state layout, one loop. Each backend supplies only a ``Trainer`` (``bert_<x>.training``) that
 realises the optimizer step with its own library (``torch.optim.AdamW``, Keras ``AdamW``, ``optax.adamw``).
 
-Everything here is NumPy / standard library; no framework is imported.
+Everything here is NumPy / standard library; no framework is imported. Modules: ``loop`` (the training
+loop: data order, logging, checkpoints, resume), ``state_io`` (train-state checkpoints on disk),
+``finetune`` (JSON Lines readers and metrics of the fine-tuning tasks), ``runner`` (what the ``pretrain`` /
+``finetune`` commands share: backend by name, devices, inference), ``synthetic`` (a deterministic in-memory
+pretraining dataset for tests and parity runs).
 
 Shape legend: B batch (global, over all devices), S sequence length, L labels per example.
 
@@ -132,6 +136,40 @@ def loss_normalizers(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {"tokens": max(tokens, 1), "rows": rows}
 
 
+def split_batch(batch: Mapping[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
+    """Cut a batch into ``parts`` consecutive row blocks of equal size (B must divide by ``parts``).
+
+    The shard layout every backend uses: the global batch (B rows) splits into
+    ``gradient_accumulation_steps`` micro-batches, each of which splits over the devices; device r of
+    micro-batch k holds rows ``[k*B/K + r*B/(K*N), ...)``. With token-weighted losses the layout does not
+    change the result (sums commute), only its fp32 rounding.
+    """
+    rows = int(np.shape(batch["input_ids"])[0])
+    if parts < 1 or rows % parts:
+        raise ValueError(f"a batch of {rows} rows does not split into {parts} equal parts")
+    n = rows // parts
+    return [{k: np.asarray(v)[i * n:(i + 1) * n] for k, v in batch.items()} for i in range(parts)]
+
+
+# Gradient clipping is torch.nn.utils.clip_grad_norm_'s: g *= min(1, max_norm / (global_norm + 1e-6)), the
+# global L2 norm taken over every parameter's gradient. The 1e-6 is part of the definition (optax's
+# clip_by_global_norm omits it; the difference is ~1e-6 / norm relative, below fp32 noise for norms >~ 1).
+CLIP_EPS = 1e-6
+
+
+def clip_coefficient(global_norm: float, max_norm: float | None) -> float:
+    """The factor gradients are multiplied by (1.0 when clipping is off or the norm is small enough)."""
+    if max_norm is None:
+        return 1.0
+    return float(min(1.0, max_norm / (global_norm + CLIP_EPS)))
+
+
+def dropout_seed(seed: int, step: int, *parts: int) -> int:
+    """A 32-bit seed for the dropout masks of update ``step`` (and e.g. micro-batch, device): dropout is
+    keyed by position in the run, not by a generator's history, so a resumed run draws the same masks."""
+    return int(np.random.SeedSequence([seed, step, *parts]).generate_state(1)[0])
+
+
 # ---------------------------------------------------------------------------------------------- train state
 # A train-state checkpoint is a directory ``checkpoint-{step:08d}`` (written whole to a temp sibling and
 # renamed into place) holding:
@@ -160,7 +198,8 @@ class Trainer(Protocol):
 
     ``Trainer(model, args: TrainingArguments)`` wraps a backend model (a head with a loss) and builds
     the optimizer (AdamW with ``lr_at`` as schedule, ``decays`` as mask, clipping, accumulation, dtype,
-    devices).
+    devices). Optional attributes read by the loop: ``rank`` (int, default 0; only rank 0 writes files)
+    and ``model`` (the model being trained, for evaluation; default the one passed in).
     """
 
     def step(self, batch: Mapping[str, np.ndarray]) -> float:
@@ -173,5 +212,5 @@ class Trainer(Protocol):
         """Restore weights, moments and step (from any backend's ``get_state``)."""
 
 
-__all__ = ["loss_normalizers", "TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
+__all__ = ["loss_normalizers", "split_batch", "clip_coefficient", "CLIP_EPS", "dropout_seed", "TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
            "Trainer", "MOMENT_PREFIXES", "CHECKPOINT_PREFIX"]
