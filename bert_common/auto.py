@@ -6,12 +6,8 @@ by ``BERT_BACKEND`` / ``bert_common.set_backend`` (resolved on first attribute a
 from __future__ import annotations
 
 from bert_common.backend import backend_module
+from bert_common.semantics import PUBLIC_NAMES
 
-PUBLIC_NAMES = (
-    "BertConfig", "BertModel", "BertForPreTraining", "BertLMHeadModel", "BertForMaskedLM",
-    "BertForNextSentencePrediction", "BertForSequenceClassification", "BertForMultipleChoice",
-    "BertForTokenClassification", "BertForQuestionAnswering",
-)
 __all__ = list(PUBLIC_NAMES)
 
 

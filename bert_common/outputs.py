@@ -68,8 +68,45 @@ class ModelOutput(dict):
     def to_tuple(self) -> tuple:
         return tuple(self.values())
 
+    def to_numpy(self) -> "ModelOutput":
+        """The same output with every tensor as a NumPy array, from any backend: the backend-neutral way
+        to leave the framework (``model(**batch).to_numpy().logits``).
+
+        torch tensors are detached and moved to the CPU (so tensors that require grad work); TF tensors
+        and JAX arrays are copied to host memory. Nested tuples (``hidden_states``, ``past_key_values``)
+        stay tuples of arrays. bfloat16 becomes float32 (NumPy has no bfloat16 of its own); every other
+        dtype is kept. Returns a new output of the same class; the original is unchanged.
+        """
+        return type(self)(**{k: to_numpy(v) for k, v in self.items()})
+
     def __repr__(self) -> str:
         return f"{self.kind}({', '.join(self.keys())})"
+
+
+def to_numpy(value: Any) -> Any:
+    """One tensor (torch, TF, JAX, NumPy, Python number) or a nested tuple/list/dict of them -> NumPy.
+
+    Framework-free: recognises tensors by their methods, imports no framework."""
+    import numpy as np
+    if value is None:
+        return None
+    if isinstance(value, ModelOutput):
+        return value.to_numpy()
+    if isinstance(value, dict):
+        return {k: to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_numpy(v) for v in value)
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
+        t = value.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        return t.numpy()
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # tf.Tensor / tf.Variable
+        value = value.numpy()
+    a = np.asarray(value)  # jax.Array and NumPy
+    if a.dtype.name == "bfloat16":
+        a = a.astype(np.float32)
+    return a
 
 
 def _make(name: str) -> type[ModelOutput]:

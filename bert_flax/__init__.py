@@ -1,41 +1,14 @@
-"""bertrio's Flax (Linen) backend: the 10 public names of DESIGN §2 plus Hugging Face's Flax aliases.
+"""bertrio's Flax (Linen) backend: the ten public names plus Hugging Face's Flax aliases, both built from
+the one list in ``bert_common.semantics``.
 
 ``from bert_flax import BertModel``; ``FlaxBertModel`` is the same class (``FlaxBertForCausalLM`` is
 ``BertLMHeadModel``). Imports jax / flax only.
 """
+from bert_common import semantics as _semantics
 from bert_common.config import BertConfig
-from bert_flax.modeling import (
-    CHECK_MODES,
-    MODEL_CLASSES,
-    BertForMaskedLM,
-    BertForMultipleChoice,
-    BertForNextSentencePrediction,
-    BertForPreTraining,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    BertLMHeadModel,
-    BertModel,
-    BertPreTrainedModel,
-)
+from bert_flax import modeling as _modeling
+from bert_flax.modeling import CHECK_MODES, MODEL_CLASSES, build
 
-# Drop-in names for people migrating from transformers' Flax classes.
-FlaxBertModel = BertModel
-FlaxBertForPreTraining = BertForPreTraining
-FlaxBertForCausalLM = BertLMHeadModel
-FlaxBertForMaskedLM = BertForMaskedLM
-FlaxBertForNextSentencePrediction = BertForNextSentencePrediction
-FlaxBertForSequenceClassification = BertForSequenceClassification
-FlaxBertForMultipleChoice = BertForMultipleChoice
-FlaxBertForTokenClassification = BertForTokenClassification
-FlaxBertForQuestionAnswering = BertForQuestionAnswering
-
-__all__ = [
-    "BertConfig", "BertModel", "BertForPreTraining", "BertLMHeadModel", "BertForMaskedLM",
-    "BertForNextSentencePrediction", "BertForSequenceClassification", "BertForMultipleChoice",
-    "BertForTokenClassification", "BertForQuestionAnswering",
-    "FlaxBertModel", "FlaxBertForPreTraining", "FlaxBertForCausalLM", "FlaxBertForMaskedLM",
-    "FlaxBertForNextSentencePrediction", "FlaxBertForSequenceClassification", "FlaxBertForMultipleChoice",
-    "FlaxBertForTokenClassification", "FlaxBertForQuestionAnswering",
-    "BertPreTrainedModel", "MODEL_CLASSES", "CHECK_MODES",
-]
+_EXPORTS = _semantics.exports("flax", vars(_modeling))
+globals().update(_EXPORTS)
+__all__ = ["BertConfig", *_EXPORTS, "MODEL_CLASSES", "CHECK_MODES", "build"]

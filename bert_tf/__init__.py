@@ -1,35 +1,20 @@
 """bert_tf: BERT for TensorFlow 2 with Keras 3 (TensorFlow backend).
 
-Exports the ten public names of every bertrio backend plus Hugging Face's ``TFBert…`` aliases.
-``TFBertTokenizer`` (the in-graph tokenizer) loads lazily from ``bert_tf.tokenizer``.
+Exports the ten public names of every bertrio backend plus Hugging Face's ``TFBert…`` aliases, both built
+from the one list in ``bert_common.semantics``. ``TFBertTokenizer`` (the in-graph tokenizer) loads lazily
+from ``bert_tf.tokenizer``.
 """
 from __future__ import annotations
 
+from bert_common import semantics as _semantics
 from bert_common.config import BertConfig
-from bert_tf.modeling import (BertForMaskedLM, BertForMultipleChoice, BertForNextSentencePrediction,
-                              BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-                              BertForTokenClassification, BertLMHeadModel, BertModel, BertPreTrainedModel,
-                              export_saved_model, serving_fn)
+from bert_tf import modeling as _modeling
+from bert_tf.modeling import MODEL_CLASSES, build, export_saved_model, serving_fn
 
-# Hugging Face's TF names -> ours (drop-in for people migrating from transformers' TF classes).
-TFBertModel = BertModel
-TFBertForPreTraining = BertForPreTraining
-TFBertLMHeadModel = BertLMHeadModel
-TFBertForMaskedLM = BertForMaskedLM
-TFBertForNextSentencePrediction = BertForNextSentencePrediction
-TFBertForSequenceClassification = BertForSequenceClassification
-TFBertForMultipleChoice = BertForMultipleChoice
-TFBertForTokenClassification = BertForTokenClassification
-TFBertForQuestionAnswering = BertForQuestionAnswering
-TFBertPreTrainedModel = BertPreTrainedModel
-
-__all__ = ["BertConfig", "BertModel", "BertForPreTraining", "BertLMHeadModel", "BertForMaskedLM",
-           "BertForNextSentencePrediction", "BertForSequenceClassification", "BertForMultipleChoice",
-           "BertForTokenClassification", "BertForQuestionAnswering", "BertPreTrainedModel",
-           "TFBertModel", "TFBertForPreTraining", "TFBertLMHeadModel", "TFBertForMaskedLM",
-           "TFBertForNextSentencePrediction", "TFBertForSequenceClassification", "TFBertForMultipleChoice",
-           "TFBertForTokenClassification", "TFBertForQuestionAnswering", "TFBertPreTrainedModel",
-           "TFBertTokenizer", "export_saved_model", "serving_fn"]
+_EXPORTS = _semantics.exports("tf", vars(_modeling))
+globals().update(_EXPORTS)
+__all__ = ["BertConfig", *_EXPORTS, "MODEL_CLASSES", "build", "TFBertTokenizer", "export_saved_model",
+           "serving_fn"]
 
 
 def __getattr__(name: str):

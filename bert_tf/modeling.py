@@ -7,11 +7,15 @@ is found by walking the attribute tree (``_named_variables``); Keras 3's ``varia
 
 Shape legend: B batch, S query length, K key length (past + S), E encoder length, H hidden, N heads,
 D head dim, I intermediate, V vocab, L labels, C choices.
+
+Every rule that is not a tensor operation comes from ``bert_common.semantics``; validation for eager,
+graph and XLA execution lives in ``bert_tf._graph``, SavedModel serving in ``bert_tf._serving``.
 """
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,16 +33,19 @@ if keras.backend.backend() != "tensorflow":
         f"Keras is first imported, or use bert_torch / bert_flax for that framework.")
 import tensorflow as tf  # noqa: E402
 
-from bert_common import generation  # noqa: E402
+from bert_common import generation, semantics  # noqa: E402
 from bert_common.config import BertConfig  # noqa: E402
 from bert_common.outputs import output_for  # noqa: E402
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend  # noqa: E402
-from bert_common.validation import (check_inputs, input_limits, length_message, range_message,  # noqa: E402
-                                    shape_message)
-from bert_common.weights import HEADS, head_spec, init_weights, to_scheme  # noqa: E402
+from bert_common.validation import check_inputs, check_labels  # noqa: E402
+from bert_common.weights import init_weights, match_state_dict, to_scheme  # noqa: E402
+from bert_tf._graph import label_checks, poison, validate_inputs  # noqa: E402
+from bert_tf._keras import (_INT_ARGS, _LABEL_ARGS, _TENSOR_ARGS, KerasHooks, _gather,  # noqa: E402,F401
+                            _named_variables, _recompute, _to_tensor, _unpack_inputs, check_eager, compiled)
+from bert_tf._serving import export_saved_model, serving_fn  # noqa: E402,F401  (re-exported)
 
-SCHEME = "tf"
-IGNORE_INDEX = -100
+SCHEME = BACKEND = "tf"
+IGNORE_INDEX = semantics.IGNORE_INDEX
 # dtype argument -> Keras dtype policy. "float16"/"bfloat16" keep weights in half precision too.
 DTYPE_POLICIES = {None: None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
                   "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
@@ -58,153 +65,19 @@ ACTIVATIONS = {"gelu_exact": _gelu_exact, "gelu_tanh": _gelu_tanh, "relu": tf.nn
                "tanh": tf.math.tanh}
 
 
-def additive_mask(mask, query_length, past_length, causal: bool):
-    """(B, K) 1 = attend -> additive fp32 mask (B, 1, 1|S, K) = ``(1 - m) * float32.min``.
+def additive_mask(mask, query_length, past_length, causal: bool, dtype=tf.float32):
+    """(B, K) 1 = attend -> additive mask (B, 1, 1|S, K) = ``(1 - m) * finfo(dtype).min``.
 
     A decoder multiplies in the causal mask (key k visible to query s when k <= past + s) first.
-    The mask stays fp32 because scores are added to it in fp32 (see ``BertSelfAttention``).
+    ``dtype`` per ``semantics.mask_dtype``: fp32 for eager attention (scores are added to it in fp32).
     """
-    m = tf.cast(mask, tf.float32)[:, None, None, :]                                  # (B, 1, 1, K)
+    m = tf.cast(mask, dtype)[:, None, None, :]                                       # (B, 1, 1, K)
     if causal:
         key_length = tf.shape(mask)[-1]
         q = past_length + tf.range(query_length)                                     # (S,)
         k = tf.range(key_length)                                                     # (K,)
-        m = m * tf.cast(k[None, :] <= q[:, None], tf.float32)[None, None]            # (B, 1, S, K)
-    return (1.0 - m) * tf.float32.min
-
-
-def _is_xla_tracing() -> bool:
-    """True while tracing under ``tf.function(jit_compile=True)``: XLA has no runtime errors or strings."""
-    try:
-        from tensorflow.python.ops import control_flow_util
-        return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
-    except Exception:  # private API moved: assume not XLA, the asserts then fail loudly at compile time
-        return False
-
-
-def _fill(template: str, *parts) -> tf.Tensor:
-    """In-graph string: ``template`` with the placeholders ``\\x00``, ``\\x01``, ... replaced by tensors."""
-    pieces, rest = [], template
-    for i, part in enumerate(parts):
-        head, _, rest = rest.partition(chr(i))
-        pieces += [head, part if part.dtype == tf.string else tf.strings.as_string(part)]
-    return tf.strings.join(pieces + [rest])
-
-
-def _shape_text(shape) -> tf.Tensor:
-    """(r,) int tensor -> string ``"(a, b)"`` as Python prints a tuple of length >= 2."""
-    return tf.strings.join(["(", tf.strings.reduce_join(tf.strings.as_string(shape), separator=", "), ")"])
-
-
-def _shape_template(arg: str) -> str:
-    return shape_message(arg, (chr(0),), (chr(1),)).replace(str((chr(0),)), chr(0)).replace(str((chr(1),)), chr(1))
-
-
-def _graph_checks(config: BertConfig, ids: dict, base_shape, base_static: list, attention_mask, past_length, seq_arg):
-    """tf.debugging asserts with the messages of ``bert_common.validation`` (same wording), for traced inputs."""
-    checks = []
-    for arg, (limit, source) in input_limits(config).items():
-        x = ids.get(arg)
-        if x is None:
-            continue
-        flat = tf.reshape(x, [-1])
-        bad = (flat < 0) | (flat >= limit)
-        # First offending value in C order, as check_inputs reports it (a trailing 0 keeps empty input legal).
-        value = tf.concat([flat, tf.zeros([1], flat.dtype)], 0)[tf.argmax(tf.cast(bad, tf.int32))]
-        msg = _fill(range_message(arg, chr(0), limit, source), value)
-        checks.append(tf.debugging.Assert(tf.logical_not(tf.reduce_any(bad)), [msg]))
-        if arg != "position_ids":
-            if x.shape.rank is not None and x.shape.rank != len(base_static):
-                raise ValueError(shape_message(arg, x.shape.as_list(), base_static))
-            same = tf.reduce_all(tf.equal(tf.shape(x, out_type=tf.int32), base_shape))
-            checks.append(tf.debugging.Assert(same, [_fill(_shape_template(arg), _shape_text(tf.shape(x)),
-                                                             _shape_text(base_shape))]))
-    seq = base_shape[-1]
-    limit = config.max_position_embeddings
-    checks.append(tf.debugging.Assert(seq + past_length <= limit,
-                                      [_fill(length_message(seq_arg, chr(0), chr(1), limit), seq, past_length)]))
-    if attention_mask is not None:
-        expected = tf.concat([base_shape[:-1], [past_length + seq]], 0)
-        static = tf.get_static_value(expected)
-        if static is not None and attention_mask.shape.is_fully_defined() and tuple(attention_mask.shape) != tuple(
-                static.tolist()):  # known while tracing: fail now, like the eager check
-            raise ValueError(shape_message("attention_mask", attention_mask.shape.as_list(), static.tolist()))
-        if attention_mask.shape.rank is not None and attention_mask.shape.rank != len(base_static):
-            ok = tf.constant(False)  # wrong rank: tf.equal of the shapes could not even broadcast
-        else:
-            ok = tf.reduce_all(tf.equal(tf.shape(attention_mask, out_type=tf.int32), expected))
-        checks.append(tf.debugging.Assert(ok, [_fill(_shape_template("attention_mask"),
-                                                     _shape_text(tf.shape(attention_mask)), _shape_text(expected))]))
-    return checks
-
-
-def _encoder_mask_check(encoder_hidden_states, encoder_attention_mask):
-    """In-graph twin of check_inputs' encoder mask rule: mask (B, E) must match states (B, E, H)."""
-    expected = tf.shape(encoder_hidden_states, out_type=tf.int32)[:-1]
-    got, want = encoder_attention_mask.shape, encoder_hidden_states.shape[:-1]
-    if got.is_fully_defined() and want.is_fully_defined() and got != want:
-        # Known while tracing: fail now (the broadcast below would fail at trace time with a worse message).
-        raise ValueError(f"encoder_attention_mask has shape {tuple(got)} but encoder_hidden_states needs "
-                         f"{tuple(want)} (batch, encoder seq)")
-    if encoder_attention_mask.shape.rank not in (None, 2):
-        ok = tf.constant(False)
-    else:
-        ok = tf.reduce_all(tf.equal(tf.shape(encoder_attention_mask, out_type=tf.int32), expected))
-    msg = _fill("encoder_attention_mask has shape \x00 but encoder_hidden_states needs \x01 (batch, encoder seq)",
-                _shape_text(tf.shape(encoder_attention_mask)), _shape_text(expected))
-    return tf.debugging.Assert(ok, [msg])
-
-
-def validate_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, position_ids=None,
-                    attention_mask=None, inputs_embeds=None, past_length=0, encoder_hidden_states=None,
-                    encoder_attention_mask=None):
-    """Check DESIGN §6 before any kernel runs. Returns the list of in-graph assert ops (empty when eager).
-
-    Eager: ``bert_common.validation.check_inputs`` on the concrete values (raises ``ValueError``).
-    Traced: ``tf.debugging.Assert`` ops carrying the same message (raise ``InvalidArgumentError``); the
-    caller makes the computation depend on them. Under XLA (``jit_compile=True``) there is no runtime
-    error mechanism, so nothing is added there (documented in docs/tf.md).
-    """
-    for arg, x in (("input_ids", input_ids), ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
-        if x is not None and not x.dtype.is_integer:
-            raise ValueError(f"{arg} must hold integers, got dtype {x.dtype.name}")
-    if input_ids is not None and inputs_embeds is not None:
-        raise ValueError("pass either input_ids or inputs_embeds, not both")
-    if input_ids is None and inputs_embeds is None:
-        raise ValueError("one of input_ids or inputs_embeds is required")
-    if tf.executing_eagerly():  # concrete values: the shared NumPy check, a plain ValueError
-        check_inputs(config, input_ids=None if input_ids is None else input_ids.numpy(),
-                     token_type_ids=None if token_type_ids is None else token_type_ids.numpy(),
-                     position_ids=None if position_ids is None else position_ids.numpy(),
-                     attention_mask=None if attention_mask is None else attention_mask.numpy(),
-                     inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
-                     past_length=int(past_length),
-                     encoder_hidden_shape=None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape),
-                     encoder_attention_mask=None if encoder_attention_mask is None else encoder_attention_mask.numpy())
-        return []
-    if _is_xla_tracing():
-        return []
-    base = input_ids if input_ids is not None else inputs_embeds[..., 0]
-    base_shape = tf.shape(base, out_type=tf.int32)
-    ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
-    seq_arg = "input_ids" if input_ids is not None else "inputs_embeds"
-    checks = _graph_checks(config, ids, base_shape, base.shape.as_list(), attention_mask,
-                           tf.cast(past_length, tf.int32), seq_arg)
-    if encoder_hidden_states is not None and encoder_attention_mask is not None:
-        checks.append(_encoder_mask_check(encoder_hidden_states, encoder_attention_mask))
-    return checks
-
-
-def _to_tensor(x):
-    """NumPy / lists / tensors -> tf.Tensor; floating NumPy becomes float32 (float64 is never wanted)."""
-    if x is None or isinstance(x, tf.Tensor):
-        return x
-    if isinstance(x, tf.Variable):
-        return tf.convert_to_tensor(x)
-    a = np.asarray(x)
-    if a.dtype.kind == "f" and a.dtype != np.float32:
-        a = a.astype(np.float32)
-    return tf.convert_to_tensor(a)
+        m = m * tf.cast(k[None, :] <= q[:, None], dtype)[None, None]                 # (B, 1, S, K)
+    return (1.0 - m) * dtype.min
 
 
 def _linear(x, kernel, bias=None):
@@ -214,18 +87,6 @@ def _linear(x, kernel, bias=None):
     if bias is not None:
         y = y + bias
     return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[1]]], 0))
-
-
-@tf.custom_gradient
-def _gather(table, ids):
-    """table[ids] with a *dense* gradient (rows, dim): Keras optimizers apply IndexedSlices sparsely,
-    squaring each duplicate row's slice separately in Adam's second moment, which is not the update
-    torch / optax make. (rows, dim), (...) int -> (..., dim)."""
-    def grad(dy):
-        rows = tf.shape(table)[0]
-        flat = tf.reshape(dy, [-1, tf.shape(table)[1]])
-        return tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), rows), None
-    return tf.gather(table, ids), grad
 
 
 class _Module(keras.layers.Layer):
@@ -330,16 +191,16 @@ class BertSelfAttention(_Module):
     hidden (B, S, H) -> context (B, S, H), probabilities (B, N, S, K), present (k, v) each (B, N, K, D).
     """
 
-    def __init__(self, config, is_cross: bool = False, dtype=None, name="self"):
+    def __init__(self, config, is_cross_attention: bool = False, dtype=None, name="self"):
         super().__init__(config, dtype, name)
         H = config.hidden_size
         self.num_heads, self.head_dim = config.num_attention_heads, config.head_dim
-        self.is_cross = is_cross
+        self.is_cross_attention = is_cross_attention
         self.query = Dense(config, H, H, dtype=dtype, name="query")
         self.key = Dense(config, H, H, dtype=dtype, name="key")
         self.value = Dense(config, H, H, dtype=dtype, name="value")
         # Cross-attention is always absolute in HF BERT: only self-attention owns distance embeddings.
-        self.relative = config.position_embedding_type if (config.is_relative and not is_cross) else None
+        self.relative = config.position_embedding_type if (config.is_relative and not is_cross_attention) else None
         if self.relative:
             P = config.max_position_embeddings
             self.distance_embedding = Embedding(config, 2 * P - 1, self.head_dim, dtype, "distance_embedding")
@@ -351,38 +212,51 @@ class BertSelfAttention(_Module):
         B, T = tf.shape(x)[0], tf.shape(x)[1]
         return tf.transpose(tf.reshape(x, [B, T, self.num_heads, self.head_dim]), [0, 2, 1, 3])
 
-    def call(self, hidden, attn_mask=None, head_mask=None, encoder_hidden=None, past=None, past_length=0,
-             training=False):
-        q = self._heads(self.query(hidden))                                             # (B, N, S, D)
-        if self.is_cross and past is not None:
-            k, v = past                                            # encoder keys/values, computed once
-        elif self.is_cross:
-            k, v = self._heads(self.key(encoder_hidden)), self._heads(self.value(encoder_hidden))   # (B, N, E, D)
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             past_key_value=None, past_length=0, eager=True, training=False):
+        q = self._heads(self.query(hidden_states))                                      # (B, N, S, D)
+        if self.is_cross_attention and past_key_value is not None:
+            k, v = past_key_value                                  # encoder keys/values, computed once
+        elif self.is_cross_attention:
+            k = self._heads(self.key(encoder_hidden_states))                            # (B, N, E, D)
+            v = self._heads(self.value(encoder_hidden_states))
         else:
-            k, v = self._heads(self.key(hidden)), self._heads(self.value(hidden))        # (B, N, S, D)
-            if past is not None:
-                k = tf.concat([tf.cast(past[0], k.dtype), k], axis=2)                    # (B, N, K, D)
-                v = tf.concat([tf.cast(past[1], v.dtype), v], axis=2)
-        scores = tf.matmul(q, k, transpose_b=True)                                     # (B, N, S, K)
+            k, v = self._heads(self.key(hidden_states)), self._heads(self.value(hidden_states))  # (B, N, S, D)
+            if past_key_value is not None:
+                k = tf.concat([tf.cast(past_key_value[0], k.dtype), k], axis=2)          # (B, N, K, D)
+                v = tf.concat([tf.cast(past_key_value[1], v.dtype), v], axis=2)
+        relative = None
         if self.relative:
-            S, K = tf.shape(q)[2], tf.shape(k)[2]
-            # distance = query position - key position; query positions continue after the cache.
-            distance = (past_length + tf.range(S))[:, None] - tf.range(K)[None, :]     # (S, K)
-            r = self.distance_embedding(distance + self.config.max_position_embeddings - 1)  # (S, K, D)
-            r = tf.cast(r, q.dtype)
-            scores += tf.einsum("bnsd,skd->bnsk", q, r)
+            index = semantics.relative_distance_index(tf.range, tf.shape(q)[2], tf.shape(k)[2], past_length,
+                                                      self.config.max_position_embeddings)  # (S, K)
+            r = tf.cast(self.distance_embedding(index), q.dtype)                        # (S, K, D)
+            relative = tf.einsum("bnsd,skd->bnsk", q, r)
             if self.relative == "relative_key_query":
-                scores += tf.einsum("bnkd,skd->bnsk", k, r)
-        # Softmax in fp32 (also under half precision); the fp32 mask cannot overflow there.
-        scores = tf.cast(scores, tf.float32) / math.sqrt(self.head_dim)
-        if attn_mask is not None:
-            scores += attn_mask
-        probs = tf.nn.softmax(scores, axis=-1)                                         # (B, N, S, K)
-        probs = self.dropout(probs, training=training)
-        if head_mask is not None:
-            probs = probs * tf.cast(head_mask, tf.float32)[None, :, None, None]          # (N,) per layer
-        probs = tf.cast(probs, v.dtype)
-        context = tf.matmul(probs, v)                                                  # (B, N, S, D)
+                relative += tf.einsum("bnkd,skd->bnsk", k, r)
+        probs = None
+        if eager:
+            scores = tf.matmul(q, k, transpose_b=True)                                  # (B, N, S, K)
+            if relative is not None:
+                scores += relative
+            # Softmax in fp32 (also under half precision); the fp32 mask cannot overflow there.
+            scores = tf.cast(scores, tf.float32) / math.sqrt(self.head_dim)
+            if attention_mask is not None:
+                scores += attention_mask
+            probs = tf.nn.softmax(scores, axis=-1)                                      # (B, N, S, K)
+            probs = self.dropout(probs, training=training)
+            if head_mask is not None:
+                probs = probs * tf.cast(head_mask, tf.float32)[None, :, None, None]       # (N,) per layer
+            probs = tf.cast(probs, v.dtype)
+            context = tf.matmul(probs, v)                                               # (B, N, S, D)
+        else:  # Keras' fused attention; relative scores join the additive bias, scaled like q·k
+            bias = attention_mask
+            if relative is not None:
+                rel = relative / math.sqrt(self.head_dim)
+                bias = rel if bias is None else rel + tf.cast(bias, rel.dtype)
+            context = keras.ops.dot_product_attention(
+                tf.transpose(q, [0, 2, 1, 3]), tf.transpose(k, [0, 2, 1, 3]), tf.transpose(v, [0, 2, 1, 3]),
+                bias=None if bias is None else tf.cast(bias, q.dtype), scale=1.0 / math.sqrt(self.head_dim))
+            context = tf.transpose(context, [0, 2, 1, 3])                               # (B, N, S, D)
         B, S = tf.shape(context)[0], tf.shape(context)[2]
         context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B, S, self.num_heads * self.head_dim])
         return context, probs, (k, v)
@@ -405,17 +279,19 @@ class BertSelfOutput(_Module):
 class BertAttention(_Module):
     """``self`` attention + ``output`` projection: (B, S, H) -> (B, S, H), probs, present (k, v)."""
 
-    def __init__(self, config, is_cross: bool = False, dtype=None, name="attention"):
+    def __init__(self, config, is_cross_attention: bool = False, dtype=None, name="attention"):
         super().__init__(config, dtype, name)
-        self.self = BertSelfAttention(config, is_cross, dtype, "self")
+        self.self = BertSelfAttention(config, is_cross_attention, dtype, "self")
         self.output = BertSelfOutput(config, dtype, "output")
         self.built = True
 
-    def call(self, hidden, attn_mask=None, head_mask=None, encoder_hidden=None, past=None, past_length=0,
-             training=False):
-        context, probs, present = self.self(hidden, attn_mask=attn_mask, head_mask=head_mask, encoder_hidden=encoder_hidden,
-                                            past=past, past_length=past_length, training=training)
-        return self.output(context, hidden, training=training), probs, present
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             past_key_value=None, past_length=0, eager=True, training=False):
+        context, probs, present = self.self(
+            hidden_states, attention_mask=attention_mask, head_mask=head_mask,
+            encoder_hidden_states=encoder_hidden_states, past_key_value=past_key_value, past_length=past_length,
+            eager=eager, training=training)
+        return self.output(context, hidden_states, training=training), probs, present
 
 
 # == layer ===================================================================================================
@@ -458,20 +334,27 @@ class BertLayer(_Module):
         self.output = BertOutput(config, dtype, "output")
         self.built = True
 
-    def call(self, hidden, attn_mask=None, head_mask=None, encoder_hidden=None, encoder_mask=None, past=None,
-             past_length=0, training=False):
-        self_past = None if past is None else past[:2]
-        x, probs, present = self.attention(hidden, attn_mask=attn_mask, head_mask=head_mask, past=self_past,
-                                           past_length=past_length, training=training)
+    def feed_forward(self, x, training=False):
+        """(B, S, H) -> (B, S, H), one ``semantics.feed_forward_chunks`` slice at a time (S static)."""
+        parts = [self.output(self.intermediate(x[:, a:b]), x[:, a:b], training=training)
+                 for a, b in semantics.feed_forward_chunks(self.config, x.shape[1])]
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             encoder_attention_mask=None, past_key_value=None, past_length=0, eager=True, training=False):
+        self_past = None if past_key_value is None else past_key_value[:2]
+        x, probs, present = self.attention(hidden_states, attention_mask=attention_mask, head_mask=head_mask,
+                                           past_key_value=self_past, past_length=past_length, eager=eager,
+                                           training=training)
         cross_probs = None
-        if self.config.add_cross_attention and encoder_hidden is not None:
-            cross_past = None if past is None or len(past) < 4 else past[2:]
+        cross_past = None if past_key_value is None or len(past_key_value) < 4 else past_key_value[2:]
+        if self.config.add_cross_attention and (encoder_hidden_states is not None or cross_past is not None):
             x, cross_probs, cross_present = self.crossattention(
-                x, attn_mask=encoder_mask, head_mask=head_mask, encoder_hidden=encoder_hidden, past=cross_past,
+                x, attention_mask=encoder_attention_mask, head_mask=head_mask,
+                encoder_hidden_states=encoder_hidden_states, past_key_value=cross_past, eager=eager,
                 training=training)
             present = present + cross_present
-        out = self.output(self.intermediate(x), x, training=training)
-        return out, probs, cross_probs, present
+        return self.feed_forward(x, training=training), probs, cross_probs, present
 
 
 # == encoder =================================================================================================
@@ -483,16 +366,22 @@ class BertEncoder(_Module):
         self.layer = [BertLayer(config, dtype, f"layer_{i}") for i in range(config.num_hidden_layers)]
         self.built = True
 
-    def call(self, hidden, attn_mask=None, head_mask=None, encoder_hidden=None, encoder_mask=None, past=None,
-             past_length=0, use_cache=False, output_attentions=False, output_hidden_states=False, training=False):
+    def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+             encoder_attention_mask=None, past_key_values=None, past_length=0, use_cache=False,
+             output_attentions=False, output_hidden_states=False, eager=True, training=False):
+        hidden = hidden_states
         all_hidden, all_attn, all_cross, presents = [], [], [], []
         for i, block in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden, probs, cross_probs, present = block(
-                hidden, attn_mask=attn_mask, head_mask=None if head_mask is None else head_mask[i],
-                encoder_hidden=encoder_hidden, encoder_mask=encoder_mask,
-                past=None if past is None else past[i], past_length=past_length, training=training)
+            kw = dict(attention_mask=attention_mask, head_mask=None if head_mask is None else head_mask[i],
+                      encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+                      past_key_value=None if past_key_values is None else past_key_values[i],
+                      past_length=past_length, eager=eager, training=training)
+            if self.config.gradient_checkpointing and training:
+                hidden, probs, cross_probs, present = _recompute(block, hidden, kw)
+            else:
+                hidden, probs, cross_probs, present = block(hidden, **kw)
             all_attn.append(probs)
             all_cross.append(cross_probs)
             presents.append(present)
@@ -502,8 +391,7 @@ class BertEncoder(_Module):
             "last_hidden_state": hidden,
             "hidden_states": tuple(all_hidden) if output_hidden_states else None,
             "attentions": tuple(all_attn) if output_attentions else None,
-            "cross_attentions": tuple(all_cross) if output_attentions and encoder_hidden is not None
-            and self.config.add_cross_attention else None,
+            "cross_attentions": tuple(all_cross) if output_attentions and all_cross[0] is not None else None,
             "past_key_values": tuple(presents) if use_cache else None,
         }
 
@@ -522,44 +410,7 @@ class BertPooler(_Module):
 
 
 # == model ===================================================================================================
-_ARG_NAMES = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
-              "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache",
-              "output_attentions", "output_hidden_states", "return_dict", "labels", "next_sentence_label",
-              "start_positions", "end_positions")
-_TENSOR_ARGS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
-                "encoder_hidden_states", "encoder_attention_mask", "labels", "next_sentence_label",
-                "start_positions", "end_positions")
-_INT_ARGS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "encoder_attention_mask",
-             "next_sentence_label", "start_positions", "end_positions")
-
-
-def _named_variables(obj, prefix: str = ""):
-    """Yield ``(scheme path, variable)`` by walking public attributes: sub-layers, lists of them, variables."""
-    for name, value in vars(obj).items():
-        if name.startswith("_"):
-            continue
-        if isinstance(value, keras.Variable):
-            yield prefix + name, value
-        elif isinstance(value, (_Module, BertPreTrainedModel)):
-            yield from _named_variables(value, f"{prefix}{name}/")
-        elif isinstance(value, (list, tuple)) and value and isinstance(value[0], _Module):
-            for i, item in enumerate(value):
-                yield from _named_variables(item, f"{prefix}{name}/{i}/")
-
-
-def _unpack_inputs(input_ids, kwargs: dict) -> dict:
-    """Keras passes ``x`` positionally; a dict ``x`` (``fit``/``predict``/``tf.data``) holds the kwargs."""
-    if isinstance(input_ids, Mapping):
-        merged = dict(input_ids)
-        unknown = set(merged) - set(_ARG_NAMES)
-        if unknown:
-            raise ValueError(f"inputs dict has unknown keys {sorted(unknown)}; known: {list(_ARG_NAMES)}")
-        merged.update({k: v for k, v in kwargs.items() if v is not None})
-        return merged
-    return {"input_ids": input_ids, **kwargs}
-
-
-class BertPreTrainedModel(keras.Model):
+class BertPreTrainedModel(KerasHooks, keras.Model):
     """Shared glue: construction from ``bert_common.weights``, canonical state dicts, Keras training hooks.
 
     ``Cls(config, add_pooling_layer=None, seed=0, dtype=None)``: weights from
@@ -574,6 +425,7 @@ class BertPreTrainedModel(keras.Model):
                  _init: bool = True, **kwargs):
         if not isinstance(config, BertConfig):
             raise ValueError(f"config must be a bert_common.BertConfig, got {type(config).__name__}")
+        semantics.check_head_config(self.model_class, config)
         if not isinstance(dtype, keras.DTypePolicy):
             if dtype not in DTYPE_POLICIES:
                 raise ValueError(f"dtype={dtype!r} is not one of {list(DTYPE_POLICIES)}")
@@ -583,9 +435,9 @@ class BertPreTrainedModel(keras.Model):
         # Inputs are converted in _prepare (float labels stay fp32 under mixed precision).
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True  # NumPy batches and dicts of them, positionally
-        spec = head_spec(self.model_class)
-        self.add_pooling_layer = spec.pooler if add_pooling_layer is None else bool(add_pooling_layer)
+        self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
         self.load_report = None
+        self._warned: set[str] = set()
         self._build_modules(self.dtype_policy)
         self.built = True
         if _init:
@@ -594,10 +446,15 @@ class BertPreTrainedModel(keras.Model):
     def _build_modules(self, dtype):  # each class creates its sub-modules here
         raise NotImplementedError
 
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+
     # ---------------------------------------------------------------- weights
     def named_variables(self) -> dict[str, keras.Variable]:
         """``{tf scheme path: variable}``, e.g. ``bert/encoder/layer/0/attention/self/query/kernel``."""
-        return dict(_named_variables(self))
+        return dict(_named_variables(self, (_Module, BertPreTrainedModel)))
 
     def canonical_state_dict(self) -> dict[str, np.ndarray]:
         """``{canonical name: fp32 np.ndarray}`` in HF layout (kernels transposed back)."""
@@ -618,6 +475,25 @@ class BertPreTrainedModel(keras.Model):
         for path, var in variables.items():
             var.assign(tf.cast(np.asarray(tensors[path], np.float32), var.dtype))
 
+    @classmethod
+    def from_pretrained(cls, path, *, config: BertConfig | None = None, allow_new_head: bool = False,
+                        add_pooling_layer: bool | None = None, dtype=None, seed: int = 0, **config_overrides):
+        """Read a HF-style directory (config.json + weights in any supported format) into ``cls``."""
+        config, tensors, report = load_for_backend(path, cls.model_class, SCHEME, config=config,
+                                                   allow_new_head=allow_new_head,
+                                                   add_pooling_layer=add_pooling_layer, seed=seed, **config_overrides)
+        model = cls(config, add_pooling_layer=add_pooling_layer, dtype=dtype, _init=False)
+        model._assign_scheme(tensors)
+        model.load_report = report
+        return model
+
+    def save_pretrained(self, path, shard_size=None) -> str:
+        """Write ``config.json`` + ``model.safetensors`` (canonical names, fp32)."""
+        tensors = {p: np.asarray(tf.cast(v.value, tf.float32)) for p, v in self.named_variables().items()}
+        return save_from_backend(path, tensors, self.config, self.model_class, SCHEME, self.add_pooling_layer,
+                                 shard_size=shard_size)
+
+    # ---------------------------------------------------------------- validation and XLA
     def __call__(self, *args, **kwargs):
         # Eager: validate before Keras' __call__, so the ValueError reaches the caller unchanged (Keras
         # rewrites exceptions raised inside call()). Traced calls validate in-graph inside call().
@@ -627,57 +503,26 @@ class BertPreTrainedModel(keras.Model):
         return super().__call__(*args, **kwargs)
 
     def _check_eager(self, input_ids, kwargs):
-        """``bert_common.validation.check_inputs`` on concrete inputs (NumPy, lists or eager tensors)."""
-        a = _unpack_inputs(input_ids, kwargs)
-        arr = {k: None if a.get(k) is None else np.asarray(a[k]) for k in _INT_ARGS}
-        for k in ("inputs_embeds", "encoder_hidden_states"):
-            arr[k] = None if a.get(k) is None else np.shape(a[k])
-        past = a.get("past_key_values")
-        check_inputs(self.config, input_ids=arr["input_ids"], token_type_ids=arr["token_type_ids"],
-                     position_ids=arr["position_ids"], attention_mask=arr["attention_mask"],
-                     inputs_embeds_shape=arr["inputs_embeds"],
-                     past_length=0 if past is None else int(np.shape(past[0][0])[2]),
-                     encoder_hidden_shape=arr["encoder_hidden_states"],
-                     encoder_attention_mask=arr["encoder_attention_mask"])
+        """Call arguments, labels, then inputs as the encoder sees them (``bert_tf._keras.check_eager``)."""
+        check_eager(self, input_ids, kwargs)
 
-    # ---------------------------------------------------------------- Keras hooks
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """``fit`` trains on the model's own loss when labels are in the inputs (or given as ``y``);
-        a loss passed to ``compile`` takes over otherwise."""
-        if getattr(self, "_compile_loss", None) is not None or not isinstance(y_pred, Mapping):
-            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        loss = y_pred.get("loss")
-        if loss is None and y is not None:
-            labels = dict(y) if isinstance(y, Mapping) else {"labels": y}
-            labels = {k: _to_tensor(v) for k, v in labels.items()}
-            loss = self.head_loss(y_pred, **labels)
-        if loss is None:
-            raise ValueError(f"{type(self).__name__}.fit needs labels: put them in the inputs dict "
-                             f"(e.g. 'labels') or pass y, or compile with a loss")
-        return loss + sum(self.losses) if self.losses else loss
-
-    def head_loss(self, outputs, **labels):
-        raise ValueError(f"{type(self).__name__} has no loss")
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        out = self(x, training=False)
-        # Inference outputs only: a per-batch loss would be concatenated into a meaningless vector.
-        return {k: v for k, v in out.items() if k != "loss"} if isinstance(out, Mapping) else out
+    def checked_xla(self, **options):
+        """An XLA-compiled forward (``tf.function(jit_compile=True)``) that validates concrete inputs on the
+        host first: the way to run XLA on untrusted inputs (see ``bert_tf._keras.compiled``)."""
+        return compiled(self, options)
 
     # ---------------------------------------------------------------- call plumbing
     def _prepare(self, input_ids, kwargs):
-        """Merge dict inputs, convert NumPy/lists to tensors, fill defaults from the config."""
-        a = _unpack_inputs(input_ids, kwargs)
+        """Merge dict inputs, check the call arguments, convert NumPy/lists to tensors, fill config defaults."""
+        a = semantics.check_call_args(self.model_class, _unpack_inputs(input_ids, kwargs))
         for k in _TENSOR_ARGS:
             if a.get(k) is not None:
                 a[k] = _to_tensor(a[k])
         if a.get("past_key_values") is not None:
             a["past_key_values"] = tf.nest.map_structure(_to_tensor, tuple(tuple(p) for p in a["past_key_values"]))
-        c = self.config
-        for flag in ("output_attentions", "output_hidden_states", "return_dict"):
-            if a.get(flag) is None:
-                a[flag] = getattr(c, flag)
+        flags = semantics.resolve_flags(self.config, a.get("output_attentions"), a.get("output_hidden_states"),
+                                        a.get("return_dict"))
+        a["output_attentions"], a["output_hidden_states"], a["return_dict"] = flags
         return a
 
     def _finish(self, a, **fields):
@@ -701,18 +546,13 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(self.config, dtype, "encoder")
         self.pooler = BertPooler(self.config, dtype, "pooler") if self.add_pooling_layer else None
 
-    def _head_masks(self, head_mask):
+    def head_mask_per_layer(self, head_mask):
         """None | (N,) | (L, N) -> None or a per-layer list of (N,) float tensors."""
         if head_mask is None:
             return None
-        L, N = self.config.num_hidden_layers, self.config.num_attention_heads
-        shape = tuple(head_mask.shape)
-        if shape == (N,):
-            return [head_mask] * L
-        if shape == (L, N):
-            return [head_mask[i] for i in range(L)]
-        raise ValueError(f"head_mask has shape {shape}, but must be (num_attention_heads,) = ({N},) or "
-                         f"(num_hidden_layers, num_attention_heads) = ({L}, {N})")
+        L = self.config.num_hidden_layers
+        shared = semantics.head_mask_kind(self.config, head_mask.shape) == "shared"
+        return [head_mask if shared else head_mask[i] for i in range(L)]
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
@@ -725,15 +565,14 @@ class BertModel(BertPreTrainedModel):
             return_dict=return_dict))
         c = self.config
         past = a["past_key_values"]
-        use_cache = a["use_cache"]
-        if use_cache is None:
-            use_cache = bool(c.use_cache) if c.is_decoder else False
-        if use_cache and not c.is_decoder:
-            raise ValueError("use_cache=True needs config.is_decoder=True (an encoder has no cache to reuse)")
+        use_cache = semantics.use_cache(c, self.model_class, a["use_cache"],
+                                        checkpointing_in_training=bool(c.gradient_checkpointing and training))
         past_length = 0 if past is None else tf.shape(past[0][0])[2]
         ids, embeds = a["input_ids"], a["inputs_embeds"]
         if embeds is not None:
             embeds = tf.cast(embeds, self.compute_dtype)
+        if a["encoder_hidden_states"] is not None and not c.add_cross_attention:
+            raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
         checks = validate_inputs(c, input_ids=ids, token_type_ids=a["token_type_ids"], position_ids=a["position_ids"],
                                  attention_mask=a["attention_mask"], inputs_embeds=embeds, past_length=past_length,
                                  encoder_hidden_states=a["encoder_hidden_states"],
@@ -747,27 +586,33 @@ class BertModel(BertPreTrainedModel):
                 a = {**a, **{k: tf.identity(a[k]) for k in ("token_type_ids", "position_ids", "attention_mask",
                                                              "encoder_hidden_states", "encoder_attention_mask")
                              if a.get(k) is not None}}
+        eager, note = semantics.attention_path(c, BACKEND, a["output_attentions"], a["head_mask"] is not None)
+        if note:
+            self._warn_once("sdpa_fallback", note)
+        mask_dtype = tf.dtypes.as_dtype(semantics.mask_dtype(eager, self.compute_dtype))
         base = ids if ids is not None else embeds[..., 0]
         B, S = tf.shape(base)[0], tf.shape(base)[1]
         mask = a["attention_mask"]
         if mask is None:
             mask = tf.ones([B, past_length + S], tf.int32)
-        ext_mask = additive_mask(mask, S, past_length, causal=c.is_decoder)             # (B, 1, 1|S, K)
+        ext_mask = additive_mask(mask, S, past_length, c.is_decoder, mask_dtype)          # (B, 1, 1|S, K)
         enc_hidden, enc_mask = a["encoder_hidden_states"], None
-        if enc_hidden is not None:
-            if not c.add_cross_attention:
-                raise ValueError("encoder_hidden_states given but config.add_cross_attention is False")
-            enc_hidden = tf.cast(enc_hidden, self.compute_dtype)
+        cross_cached = past is not None and len(past[0]) == 4
+        if enc_hidden is not None or cross_cached:
             em = a["encoder_attention_mask"]
             if em is None:
-                em = tf.ones(tf.shape(enc_hidden)[:2], tf.int32)
-            enc_mask = additive_mask(em, S, 0, causal=False)                             # (B, 1, 1, E)
+                E = tf.shape(enc_hidden)[1] if enc_hidden is not None else tf.shape(past[0][2])[2]
+                em = tf.ones([B, E], tf.int32)
+            enc_mask = additive_mask(em, S, 0, False, mask_dtype)                           # (B, 1, 1, E)
+            if enc_hidden is not None:
+                enc_hidden = tf.cast(enc_hidden, self.compute_dtype)
         x = self.embeddings(input_ids=ids, token_type_ids=a["token_type_ids"], position_ids=a["position_ids"],
                             inputs_embeds=embeds, past_length=past_length, training=training)
-        enc = self.encoder(x, attn_mask=ext_mask, head_mask=self._head_masks(a["head_mask"]), encoder_hidden=enc_hidden,
-                           encoder_mask=enc_mask, past=past, past_length=past_length, use_cache=use_cache,
-                           output_attentions=a["output_attentions"],
-                           output_hidden_states=a["output_hidden_states"], training=training)
+        x = poison(c, x, ids, a["token_type_ids"], a["position_ids"], a["attention_mask"])  # XLA only
+        enc = self.encoder(x, attention_mask=ext_mask, head_mask=self.head_mask_per_layer(a["head_mask"]),
+                           encoder_hidden_states=enc_hidden, encoder_attention_mask=enc_mask, past_key_values=past,
+                           past_length=past_length, use_cache=use_cache, output_attentions=a["output_attentions"],
+                           output_hidden_states=a["output_hidden_states"], eager=eager, training=training)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
         return self._finish(a, pooler_output=pooled, **enc)
 
@@ -811,16 +656,19 @@ class BertLMPredictionHead(_Module):
         return logits + self.bias
 
 
-class BertHeads(_Module):
-    """The ``cls`` namespace: ``predictions`` (MLM) and/or ``seq_relationship`` (NSP, (B, H) -> (B, 2))."""
+class BertPreTrainingHeads(_Module):
+    """The ``cls`` block: ``predictions`` (MLM) and/or ``seq_relationship`` (NSP, (B, H) -> (B, 2))."""
 
-    def __init__(self, config, mlm: bool, nsp: bool, dtype=None, name="cls"):
+    def __init__(self, config, mlm: bool = True, nsp: bool = True, dtype=None, name="cls"):
         super().__init__(config, dtype, name)
         if mlm:
             self.predictions = BertLMPredictionHead(config, dtype, "predictions")
         if nsp:
             self.seq_relationship = Dense(config, config.hidden_size, 2, dtype=dtype, name="seq_relationship")
         self.built = True
+
+
+BertHeads = BertPreTrainingHeads  # the name before the three backends agreed on HF's
 
 
 def _ce(logits, labels, ignore_index: int = IGNORE_INDEX):
@@ -841,9 +689,35 @@ def causal_lm_loss(logits, labels):
     return _ce(logits[:, :-1], labels[:, 1:])
 
 
+def sequence_classification_loss(logits, labels, config: BertConfig):
+    """Loss chosen by ``semantics.problem_type``: MSE (regression), CE (single label), BCE-with-logits
+    (multi-label, mean). logits (B, L)."""
+    problem = semantics.problem_type(config, labels.dtype.is_integer)
+    logits = tf.cast(logits, tf.float32)
+    if problem == "regression":
+        y = tf.cast(labels, tf.float32)
+        if config.num_labels == 1:
+            logits, y = tf.reshape(logits, [-1]), tf.reshape(y, [-1])
+        return tf.reduce_mean(tf.square(logits - y))
+    if problem == "single_label_classification":
+        return _ce(logits, labels)
+    y = tf.cast(labels, tf.float32)
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions):
+    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
+    S = tf.shape(start_logits)[1]
+    losses = []
+    for logits, pos in ((start_logits, start_positions), (end_logits, end_positions)):
+        pos = tf.clip_by_value(tf.reshape(tf.cast(pos, tf.int32), [-1]), 0, S)
+        losses.append(_ce(logits, tf.where(pos == S, IGNORE_INDEX, pos)))    # ignore_index = S
+    return (losses[0] + losses[1]) / 2.0
+
+
 class _HeadModel(BertPreTrainedModel):
-    """Heads own ``bert`` (a BertModel without its own init) plus their head modules."""
-    label_names: tuple[str, ...] = ("labels",)
+    """Base of every head: owns ``bert`` (a BertModel without its own init) plus the head modules
+    ``_build_head`` creates; checks labels in-graph; computes the loss when every label is given."""
 
     def _build_modules(self, dtype):
         self.bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=dtype, _init=False)
@@ -851,9 +725,12 @@ class _HeadModel(BertPreTrainedModel):
 
     def _bert(self, a, training, **override):
         keys = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
-                "encoder_hidden_states", "encoder_attention_mask", "past_key_values", "use_cache",
+                "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
                 "output_attentions", "output_hidden_states")
-        kw = {"input_ids": a.get("input_ids"), **{k: a.get(k) for k in keys}, **override}
+        has_labels = semantics.has_loss(self.model_class, a)
+        use_cache = semantics.use_cache(self.config, self.model_class, a.get("use_cache"), has_labels,
+                                        bool(self.config.gradient_checkpointing and training))
+        kw = {"input_ids": a.get("input_ids"), **{k: a.get(k) for k in keys}, "use_cache": use_cache, **override}
         return self.bert(return_dict=True, training=training, **kw)
 
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -867,32 +744,37 @@ class _HeadModel(BertPreTrainedModel):
             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
             return_dict=return_dict, labels=labels, next_sentence_label=next_sentence_label,
             start_positions=start_positions, end_positions=end_positions))
-        for k in ("labels", "next_sentence_label", "start_positions", "end_positions"):
-            if a.get(k) is not None and k not in self.label_names:
-                raise ValueError(f"{type(self).__name__} takes labels {list(self.label_names)}, not {k}")
         fields = self._forward(a, training)
-        labels_given = {k: a[k] for k in self.label_names if a.get(k) is not None}
-        if len(labels_given) == len(self.label_names):
+        if semantics.has_loss(self.model_class, a):
+            labels_given = {k: a[k] for k in semantics.LABEL_ARGS[self.model_class]}
+            choices = a["input_ids"].shape[1] if self.model_class == "BertForMultipleChoice" and \
+                a.get("input_ids") is not None else None
+            checks = label_checks(self.config, self.model_class, labels_given, choices)
+            with tf.control_dependencies(checks):
+                labels_given = {k: tf.identity(v) for k, v in labels_given.items()}
             fields["loss"] = self.head_loss(fields, **labels_given)
         return self._finish(a, **fields)
 
     def _word_embeddings(self):
         return tf.convert_to_tensor(self.bert.embeddings.word_embeddings.embeddings)
 
+    def _encoder_outputs(self, out) -> dict:
+        """The encoder fields every head passes through."""
+        return {"hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+
 
 class BertForPreTraining(_HeadModel):
     """MLM logits (B, S, V) + NSP logits (B, 2); loss = MLM CE + NSP CE (both labels needed)."""
     model_class = "BertForPreTraining"
-    label_names = ("labels", "next_sentence_label")
 
     def _build_head(self, dtype):
-        self.cls = BertHeads(self.config, True, True, dtype)
+        self.cls = BertPreTrainingHeads(self.config, True, True, dtype)
 
     def _forward(self, a, training):
         out = self._bert(a, training)
         return {"prediction_logits": self.cls.predictions(out["last_hidden_state"], self._word_embeddings()),
                 "seq_relationship_logits": self.cls.seq_relationship(out["pooler_output"]),
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+                **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels, next_sentence_label):
         return (_ce(outputs["prediction_logits"], labels)
@@ -904,35 +786,34 @@ class BertLMHeadModel(_HeadModel):
     model_class = "BertLMHeadModel"
 
     def _build_head(self, dtype):
-        self.cls = BertHeads(self.config, True, False, dtype)
+        self.cls = BertPreTrainingHeads(self.config, True, False, dtype)
 
     def _forward(self, a, training):
-        if a.get("labels") is not None:  # training a causal LM never reuses a cache (as in HF and bert_torch)
-            a = {**a, "use_cache": False}
         out = self._bert(a, training)
         return {"logits": self.cls.predictions(out["last_hidden_state"], self._word_embeddings()),
-                "past_key_values": out.get("past_key_values"), "hidden_states": out.get("hidden_states"),
-                "attentions": out.get("attentions"), "cross_attentions": out.get("cross_attentions")}
+                "past_key_values": out.get("past_key_values"), "cross_attentions": out.get("cross_attentions"),
+                **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return causal_lm_loss(outputs["logits"], labels)
 
     def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
                  top_k=None, top_p=None, temperature: float = 1.0, seed: int = 0, eos_token_id=None,
-                 pad_token_id=None):
-        """Cached greedy/sampled decoding via ``bert_common.generation.generate``. (B, S) -> (B, S + n) int64."""
-        if not self.config.is_decoder:
-            raise ValueError("generate needs config.is_decoder=True (BertLMHeadModel is a causal LM)")
+                 pad_token_id=None, encoder_hidden_states=None, encoder_attention_mask=None):
+        """Cached greedy/sampled decoding via ``bert_common.generation.generate``. (B, S) -> (B, S + n) int64.
+        ``eos_token_id`` / ``pad_token_id`` default to the config's; encoder states go to every step."""
+        semantics.check_generate(self.config)
+        eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
 
         def step(ids, mask, past):
             out = self(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), past_key_values=past,
-                       use_cache=True, training=False)
+                       use_cache=True, encoder_hidden_states=encoder_hidden_states,
+                       encoder_attention_mask=encoder_attention_mask, training=False)
             return out["logits"][:, -1].numpy(), out["past_key_values"]
 
-        pad = self.config.pad_token_id if pad_token_id is None else pad_token_id
         return generation.generate(step, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                                    do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
-                                   seed=seed, eos_token_id=eos_token_id, pad_token_id=pad or 0)
+                                   seed=seed, eos_token_id=eos, pad_token_id=pad)
 
 
 class BertForMaskedLM(_HeadModel):
@@ -940,50 +821,30 @@ class BertForMaskedLM(_HeadModel):
     model_class = "BertForMaskedLM"
 
     def _build_head(self, dtype):
-        self.cls = BertHeads(self.config, True, False, dtype)
+        self.cls = BertPreTrainingHeads(self.config, True, False, dtype)
 
     def _forward(self, a, training):
         out = self._bert(a, training)
         return {"logits": self.cls.predictions(out["last_hidden_state"], self._word_embeddings()),
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+                **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return _ce(outputs["logits"], labels)
 
 
 class BertForNextSentencePrediction(_HeadModel):
-    """NSP logits (B, 2) from the pooled output; loss = CE."""
+    """NSP logits (B, 2) from the pooled output; loss = CE (``next_sentence_label``: HF's deprecated name)."""
     model_class = "BertForNextSentencePrediction"
 
     def _build_head(self, dtype):
-        self.cls = BertHeads(self.config, False, True, dtype)
+        self.cls = BertPreTrainingHeads(self.config, False, True, dtype)
 
     def _forward(self, a, training):
         out = self._bert(a, training)
-        return {"logits": self.cls.seq_relationship(out["pooler_output"]),
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+        return {"logits": self.cls.seq_relationship(out["pooler_output"]), **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return _ce(outputs["logits"], labels)
-
-
-def sequence_classification_loss(logits, labels, config: BertConfig):
-    """HF semantics: ``problem_type`` from the config, else num_labels == 1 -> regression (MSE),
-    integer labels -> single-label CE, otherwise multi-label BCE-with-logits (mean). logits (B, L)."""
-    problem = config.problem_type
-    if problem is None:
-        problem = ("regression" if config.num_labels == 1 else
-                   "single_label_classification" if labels.dtype.is_integer else "multi_label_classification")
-    logits = tf.cast(logits, tf.float32)
-    if problem == "regression":
-        y = tf.cast(labels, tf.float32)
-        if config.num_labels == 1:
-            logits, y = tf.reshape(logits, [-1]), tf.reshape(y, [-1])
-        return tf.reduce_mean(tf.square(logits - y))
-    if problem == "single_label_classification":
-        return _ce(logits, labels)
-    y = tf.cast(labels, tf.float32)
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
 
 
 class BertForSequenceClassification(_HeadModel):
@@ -998,14 +859,15 @@ class BertForSequenceClassification(_HeadModel):
     def _forward(self, a, training):
         out = self._bert(a, training)
         return {"logits": self.classifier(self.dropout(out["pooler_output"], training=training)),
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+                **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return sequence_classification_loss(outputs["logits"], labels, self.config)
 
 
 class BertForMultipleChoice(_HeadModel):
-    """Inputs (B, C, S) are flattened to (B*C, S); ``classifier`` scores each pooled choice: logits (B, C)."""
+    """Inputs (B, C, S) are flattened to (B*C, S) (``semantics.choice_plan``); ``classifier`` scores each
+    pooled choice: logits (B, C)."""
     model_class = "BertForMultipleChoice"
 
     def _build_head(self, dtype):
@@ -1013,22 +875,14 @@ class BertForMultipleChoice(_HeadModel):
         self.classifier = Dense(self.config, self.config.hidden_size, 1, dtype=dtype, name="classifier")
 
     def _forward(self, a, training):
+        shapes = {k: None if a.get(k) is None else a[k].shape.as_list() for k in semantics.CHOICE_RANKS}
+        _, plan = semantics.choice_plan(shapes)
         lead = a["input_ids"] if a.get("input_ids") is not None else a["inputs_embeds"][..., 0]
-        if lead.shape.rank != 3:
-            raise ValueError(f"BertForMultipleChoice needs inputs of shape (batch, num_choices, seq), got "
-                             f"{tuple(lead.shape)}")
         C = tf.shape(lead)[1]
-        flat = {}
-        for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids"):
-            x = a.get(k)
-            flat[k] = None if x is None else tf.reshape(x, tf.concat([[-1], tf.shape(x)[-1:]], 0))   # (B*C, S)
-        if a.get("inputs_embeds") is not None:
-            e = a["inputs_embeds"]
-            flat["inputs_embeds"] = tf.reshape(e, tf.concat([[-1], tf.shape(e)[-2:]], 0))       # (B*C, S, H)
+        flat = {k: tf.reshape(a[k], tf.concat([[-1], tf.shape(a[k])[2:]], 0)) for k in plan}   # (B*C, S[, H])
         out = self._bert(a, training, **flat)
         logits = self.classifier(self.dropout(out["pooler_output"], training=training))       # (B*C, 1)
-        return {"logits": tf.reshape(logits, [-1, C]), "hidden_states": out.get("hidden_states"),
-                "attentions": out.get("attentions")}
+        return {"logits": tf.reshape(logits, [-1, C]), **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return _ce(outputs["logits"], labels)
@@ -1046,114 +900,47 @@ class BertForTokenClassification(_HeadModel):
     def _forward(self, a, training):
         out = self._bert(a, training)
         return {"logits": self.classifier(self.dropout(out["last_hidden_state"], training=training)),
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+                **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, labels):
         return _ce(outputs["logits"], labels)
-
-
-def span_loss(start_logits, end_logits, start_positions, end_positions):
-    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
-    S = tf.shape(start_logits)[1]
-    losses = []
-    for logits, pos in ((start_logits, start_positions), (end_logits, end_positions)):
-        pos = tf.clip_by_value(tf.reshape(tf.cast(pos, tf.int32), [-1]), 0, S)
-        losses.append(_ce(logits, tf.where(pos == S, IGNORE_INDEX, pos)))    # ignore_index = S
-    return (losses[0] + losses[1]) / 2.0
 
 
 class BertForQuestionAnswering(_HeadModel):
     """``qa_outputs``: (B, S, H) -> start/end logits (B, S) each; needs ``config.num_labels == 2``.
     Loss: positions clamped to [0, S], index S ignored, (CE(start) + CE(end)) / 2."""
     model_class = "BertForQuestionAnswering"
-    label_names = ("start_positions", "end_positions")
 
     def _build_head(self, dtype):
-        if self.config.num_labels != 2:
-            raise ValueError(f"BertForQuestionAnswering needs config.num_labels=2 (start, end), got "
-                             f"{self.config.num_labels}")
         self.qa_outputs = Dense(self.config, self.config.hidden_size, 2, dtype=dtype, name="qa_outputs")
 
     def _forward(self, a, training):
         out = self._bert(a, training)
         logits = self.qa_outputs(out["last_hidden_state"])                                    # (B, S, 2)
-        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1],
-                "hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1], **self._encoder_outputs(out)}
 
     def head_loss(self, outputs, start_positions, end_positions):
         return span_loss(outputs["start_logits"], outputs["end_logits"], start_positions, end_positions)
 
 
 # == loading =================================================================================================
-MODEL_CLASSES = {cls.model_class: cls for cls in (
-    BertModel, BertForPreTraining, BertLMHeadModel, BertForMaskedLM, BertForNextSentencePrediction,
-    BertForSequenceClassification, BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering)}
-assert tuple(MODEL_CLASSES) == tuple(HEADS), "class table must follow bert_common.weights.HEADS"
+# from_pretrained / save_pretrained / canonical_state_dict live on BertPreTrainedModel (above); this is
+# the name -> class table (bert_common.semantics order) the adapters and bert_common.auto use.
+MODEL_CLASSES = semantics.class_table(
+    (BertModel, BertForPreTraining, BertLMHeadModel, BertForMaskedLM, BertForNextSentencePrediction,
+     BertForSequenceClassification, BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering))
 
 
-def _from_pretrained(cls, path, *, config=None, allow_new_head=False, add_pooling_layer=None, dtype=None,
-                     seed=0, **config_overrides):
-    """Read a HF-style directory (config.json + weights in any supported format) into ``cls``."""
-    config, tensors, report = load_for_backend(path, cls.model_class, SCHEME, config=config,
-                                               allow_new_head=allow_new_head, add_pooling_layer=add_pooling_layer,
-                                               seed=seed, **config_overrides)
+def build(model_class: str, config: BertConfig, state: Mapping[str, np.ndarray] | None = None, seed: int = 0,
+          add_pooling_layer: bool | None = None, dtype=None) -> BertPreTrainedModel:
+    """A model of ``model_class`` from a canonical state dict (or fresh weights from ``seed``)."""
+    if model_class not in MODEL_CLASSES:
+        raise ValueError(f"model_class={model_class!r} is not one of {list(MODEL_CLASSES)}")
+    cls = MODEL_CLASSES[model_class]
+    if state is None:
+        return cls(config, add_pooling_layer=add_pooling_layer, seed=seed, dtype=dtype)
     model = cls(config, add_pooling_layer=add_pooling_layer, dtype=dtype, _init=False)
-    model._assign_scheme(tensors)
+    full, report = match_state_dict(state, config, model_class, model.add_pooling_layer)
+    model.load_canonical_state_dict(full)
     model.load_report = report
     return model
-
-
-def _save_pretrained(self, path, shard_size=None) -> str:
-    """Write ``config.json`` + ``model.safetensors`` (canonical names, fp32)."""
-    tensors = {p: np.asarray(tf.cast(v.value, tf.float32)) for p, v in self.named_variables().items()}
-    return save_from_backend(path, tensors, self.config, self.model_class, SCHEME, self.add_pooling_layer,
-                             shard_size=shard_size)
-
-
-BertPreTrainedModel.from_pretrained = classmethod(_from_pretrained)
-BertPreTrainedModel.save_pretrained = _save_pretrained
-
-
-def serving_fn(model: BertPreTrainedModel, int_dtype=tf.int32):
-    """A ``tf.function`` with signature (input_ids, attention_mask, token_type_ids) each (None, None) int,
-    returning a plain dict of the model's tensors (dynamic batch and sequence length)."""
-    spec = [tf.TensorSpec([None, None], int_dtype, name=n) for n in ("input_ids", "attention_mask", "token_type_ids")]
-    if model.model_class == "BertForMultipleChoice":
-        spec = [tf.TensorSpec([None, None, None], int_dtype, name=s.name) for s in spec]
-
-    @tf.function(input_signature=spec)
-    def serve(input_ids, attention_mask, token_type_ids):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                    use_cache=False, training=False, return_dict=True)
-        return {k: v for k, v in out.items() if isinstance(v, tf.Tensor)}
-
-    return serve
-
-
-def export_saved_model(model: BertPreTrainedModel, path, tokenizer=None, int_dtype=tf.int32) -> str:
-    """Write a SavedModel whose ``serving_default`` takes ``input_ids``, ``attention_mask``,
-    ``token_type_ids`` (None, None) int and returns the output tensors by name.
-
-    With ``tokenizer`` (a ``bert_tf.TFBertTokenizer`` or any callable mapping a (B,) tf.string tensor to a
-    dict with those three keys) a second signature ``serving_text`` takes ``text`` (B,) strings.
-    Reload with ``tf.saved_model.load(path).signatures["serving_default"]``.
-    """
-    path = os.fspath(path)
-    module = tf.Module()
-    module.variables_ = [v.value for v in model.named_variables().values()]
-    serve = serving_fn(model, int_dtype)
-    module.serve = serve
-    signatures = {"serving_default": serve}
-    if tokenizer is not None:
-        module.tokenizer = tokenizer
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
-        def serve_text(text):
-            enc = tokenizer(text)
-            return serve(tf.cast(enc["input_ids"], int_dtype), tf.cast(enc["attention_mask"], int_dtype),
-                         tf.cast(enc["token_type_ids"], int_dtype))
-
-        module.serve_text = serve_text
-        signatures["serving_text"] = serve_text
-    tf.saved_model.save(module, path, signatures=signatures)
-    return path

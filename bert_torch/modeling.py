@@ -2,7 +2,9 @@
 
 Read top to bottom: helpers, embeddings, attention, layer, encoder, pooler, the model, the heads, loading.
 A canonical state dict (Hugging Face PyTorch names, ``bert_common.weights``) loads by name because every
-sub-module is called what the checkpoint calls it (``encoder.layer.3.attention.self.query``).
+sub-module is called what the checkpoint calls it (``encoder.layer.3.attention.self.query``). Every rule
+that is not a tensor operation (labels, cache, head mask, multiple choice, attention path) comes from
+``bert_common.semantics``; host-side plumbing lives in ``bert_torch._runtime``.
 
 Shape legend: B batch, S query length, P cached (past) length, K key length (P + S), E encoder length,
 H hidden, N heads, D head dim (H / N), I intermediate, V vocab, L labels, C choices.
@@ -28,14 +30,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bert_common import pretrained as _pretrained
+from bert_common import semantics
 from bert_common.config import BertConfig
 from bert_common.generation import generate as _generate
 from bert_common.outputs import output_for
-from bert_common.validation import check_inputs
-from bert_common.weights import HEADS, LoadReport, canonical_shapes, init_weights, match_state_dict
+from bert_common.weights import LoadReport, canonical_shapes, init_weights, match_state_dict
+from bert_torch._runtime import DTYPES, HALF, all_ones, as_labels, as_tensor, resolve_dtype, validate, validate_labels
 
-IGNORE_INDEX = -100  # label value that contributes no loss (Hugging Face semantics)
-DEFAULT_ATTN = "sdpa"
+__all__ = ["DTYPES", "resolve_dtype"]  # re-exported plumbing (adapters import resolve_dtype from here)
+IGNORE_INDEX = semantics.IGNORE_INDEX
+BACKEND = "torch"
 
 # == helpers =================================================================================================
 # config.gelu_variant -> elementwise function. "gelu_tanh" is the tanh approximation (HF gelu_new and
@@ -47,21 +51,6 @@ ACTIVATIONS = {
     "silu": F.silu,
     "tanh": torch.tanh,
 }
-# Names accepted wherever a dtype is (``from_pretrained(dtype=...)``, adapters).
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-HALF = (torch.float16, torch.bfloat16)
-
-
-def resolve_dtype(dtype: Any) -> torch.dtype | None:
-    """``None`` | torch dtype | name in ``DTYPES`` -> torch dtype (or None). Raises ValueError otherwise."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if dtype is not None and dtype not in (torch.float32,) + HALF:
-            raise ValueError(f"dtype={dtype} is not supported; use one of float32, bfloat16, float16")
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)} or a torch floating dtype")
 
 
 class FP32LayerNorm(nn.LayerNorm):
@@ -89,20 +78,6 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype, query_length: int = 1,
         query_pos = past_length + torch.arange(query_length, device=mask.device)          # S
         m = m * (key_pos[None, :] <= query_pos[:, None]).to(dtype)                        # B,1,S,K
     return (1.0 - m) * torch.finfo(dtype).min
-
-
-def _as_tensor(x: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
-    """NumPy arrays (and lists) -> tensors on ``device``: integers as int64, floats as ``float_dtype``."""
-    if x is None or isinstance(x, torch.Tensor):
-        return x
-    a = np.asarray(x)
-    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        return torch.from_numpy(a.astype(np.int64)).to(device)
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device=device, dtype=float_dtype)
-
-
-def _numpy_ints(x: torch.Tensor | None) -> np.ndarray | None:
-    return None if x is None else x.detach().cpu().numpy()
 
 
 # == embeddings ==============================================================================================
@@ -139,16 +114,16 @@ class BertEmbeddings(nn.Module):
 
 # == attention ===============================================================================================
 class BertSelfAttention(nn.Module):
-    """Multi-head attention; ``cross=True`` attends to encoder states (always absolute positions)."""
+    """Multi-head attention; ``is_cross_attention`` attends to encoder states (always absolute positions)."""
 
-    def __init__(self, config: BertConfig, cross: bool = False):
+    def __init__(self, config: BertConfig, is_cross_attention: bool = False):
         super().__init__()
         H, self.N, self.D = config.hidden_size, config.num_attention_heads, config.head_dim
         self.query = nn.Linear(H, H)
         self.key = nn.Linear(H, H)
         self.value = nn.Linear(H, H)
-        self.cross = cross
-        self.position_embedding_type = "absolute" if cross else config.position_embedding_type
+        self.is_cross_attention = is_cross_attention
+        self.position_embedding_type = "absolute" if is_cross_attention else config.position_embedding_type
         self.max_positions = config.max_position_embeddings
         if self.position_embedding_type != "absolute":
             self.distance_embedding = nn.Embedding(2 * config.max_position_embeddings - 1, self.D)
@@ -159,61 +134,58 @@ class BertSelfAttention(nn.Module):
         return x.view(x.shape[0], x.shape[1], self.N, self.D).transpose(1, 2)
 
     def _relative_scores(self, q: torch.Tensor, k: torch.Tensor, past_length: int) -> torch.Tensor:
-        """Unscaled relative-position scores (B, N, S, K): q·r (+ k·r for relative_key_query) with
-        r = distance_embedding[query pos - key pos + max_positions - 1], query pos = P + arange(S)."""
-        S, K = q.shape[2], k.shape[2]
-        query_pos = past_length + torch.arange(S, device=q.device)
-        key_pos = torch.arange(K, device=q.device)
-        r = self.distance_embedding(query_pos[:, None] - key_pos[None, :] + self.max_positions - 1)  # S,K,D
-        r = r.to(q.dtype)
+        """Unscaled relative-position scores (B, N, S, K): q·r (+ k·r for relative_key_query)."""
+        index = semantics.relative_distance_index(lambda n: torch.arange(n, device=q.device), q.shape[2],
+                                                  k.shape[2], past_length, self.max_positions)  # S,K
+        r = self.distance_embedding(index).to(q.dtype)                                        # S,K,D
         scores = torch.einsum("bnsd,skd->bnsk", q, r)
         if self.position_embedding_type == "relative_key_query":
             scores = scores + torch.einsum("bnkd,skd->bnsk", k, r)
         return scores
 
-    def forward(self, hidden, mask=None, head_mask=None, encoder_hidden_states=None, past=None,
-                eager: bool = True):
-        """hidden (B, S, H); ``mask`` additive (B, 1, 1|S, K) or None; ``head_mask`` (1, N, 1, 1) or None;
-        ``past``: cached (k, v), each (B, N, P, D) (for cross-attention: the encoder's k, v, reused as is).
+    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+                past_key_value=None, eager: bool = True):
+        """hidden_states (B, S, H); ``attention_mask`` additive (B, 1, 1|S, K) or None; ``head_mask`` (N,)
+        or None; ``past_key_value``: cached (k, v), each (B, N, P, D) (cross-attention: the encoder's k, v).
 
         Returns (context (B, S, H), probabilities (B, N, S, K) or None when fused, (k, v) to cache).
         """
-        q = self._split(self.query(hidden))                                                   # B,N,S,D
+        q = self._split(self.query(hidden_states))                                           # B,N,S,D
         past_length = 0
-        if self.cross:
-            if past is not None:  # encoder keys/values were computed on the first call
-                k, v = past
+        if self.is_cross_attention:
+            if past_key_value is not None:  # encoder keys/values were computed on the first call
+                k, v = past_key_value
             else:
                 k = self._split(self.key(encoder_hidden_states))                             # B,N,E,D
                 v = self._split(self.value(encoder_hidden_states))
         else:
-            k, v = self._split(self.key(hidden)), self._split(self.value(hidden))          # B,N,S,D
-            if past is not None:
-                past_length = past[0].shape[2]
-                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)       # B,N,K,D
+            k, v = self._split(self.key(hidden_states)), self._split(self.value(hidden_states))  # B,N,S,D
+            if past_key_value is not None:
+                past_length = past_key_value[0].shape[2]
+                k = torch.cat([past_key_value[0], k], dim=2)                                  # B,N,K,D
+                v = torch.cat([past_key_value[1], v], dim=2)
         relative = (self._relative_scores(q, k, past_length)
                     if self.position_embedding_type != "absolute" else None)                 # B,N,S,K
         scale = 1.0 / math.sqrt(self.D)
-        p_drop = self.dropout.p if self.training else 0.0
         probs = None
         if eager:
             scores = q @ k.transpose(-1, -2)                                                  # B,N,S,K
             if relative is not None:
                 scores = scores + relative
             scores = (scores / math.sqrt(self.D)).float()  # softmax accumulates in fp32 for every dtype
-            if mask is not None:
-                scores = scores + mask
-            probs = torch.softmax(scores, dim=-1).to(q.dtype)
-            probs = self.dropout(probs)
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = self.dropout(torch.softmax(scores, dim=-1).to(q.dtype))
             if head_mask is not None:
-                probs = probs * head_mask
+                probs = probs * head_mask[None, :, None, None]
             context = probs @ v                                                               # B,N,S,D
         else:
-            bias = mask
+            bias = attention_mask
             if relative is not None:
                 bias = relative * scale if bias is None else relative * scale + bias
                 if bias.dtype in HALF:  # min + a negative score must not round to -inf (an all -inf row is NaN)
                     bias = bias.clamp_min(torch.finfo(bias.dtype).min)
+            p_drop = self.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=scale)
         B, _, S, _ = context.shape
         context = context.transpose(1, 2).reshape(B, S, self.N * self.D)                      # B,S,H
@@ -236,15 +208,17 @@ class BertSelfOutput(nn.Module):
 class BertAttention(nn.Module):
     """``self`` (attention) then ``output`` (projection + residual + LayerNorm)."""
 
-    def __init__(self, config: BertConfig, cross: bool = False):
+    def __init__(self, config: BertConfig, is_cross_attention: bool = False):
         super().__init__()
-        self.self = BertSelfAttention(config, cross=cross)
+        self.self = BertSelfAttention(config, is_cross_attention)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden, mask=None, head_mask=None, encoder_hidden_states=None, past=None, eager=True):
+    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+                past_key_value=None, eager=True):
         """(B, S, H) -> ((B, S, H), probabilities or None, (k, v))."""
-        context, probs, kv = self.self(hidden, mask, head_mask, encoder_hidden_states, past, eager)
-        return self.output(context, hidden), probs, kv
+        context, probs, present = self.self(hidden_states, attention_mask, head_mask, encoder_hidden_states,
+                                            past_key_value, eager)
+        return self.output(context, hidden_states), probs, present
 
 
 # == layer ===================================================================================================
@@ -274,32 +248,39 @@ class BertOutput(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Self-attention, optional cross-attention, feed-forward."""
+    """Self-attention, optional cross-attention, feed-forward (chunked along S per the config)."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
+        self.config = config
         self.attention = BertAttention(config)
         if config.add_cross_attention:
-            self.crossattention = BertAttention(config, cross=True)
+            self.crossattention = BertAttention(config, is_cross_attention=True)
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
-                past=None, eager=True):
-        """hidden (B, S, H); ``past`` None or (self_k, self_v[, cross_k, cross_v]).
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, H) -> (B, S, H), one ``semantics.feed_forward_chunks`` slice at a time."""
+        chunks = semantics.feed_forward_chunks(self.config, x.shape[1])
+        parts = [self.output(self.intermediate(x[:, a:b]), x[:, a:b]) for a, b in chunks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, past_key_value=None, eager=True):
+        """hidden_states (B, S, H); ``past_key_value`` None or (self_k, self_v[, cross_k, cross_v]).
 
         Returns (hidden (B, S, H), self probs, cross probs, present cache entry). Cross-attention runs when
         encoder states are given or their keys/values are cached (later decoding steps).
         """
-        x, self_probs, present = self.attention(hidden, mask, head_mask, None,
-                                                None if past is None else past[:2], eager)
+        self_past = None if past_key_value is None else past_key_value[:2]
+        x, self_probs, present = self.attention(hidden_states, attention_mask, head_mask, None, self_past, eager)
         cross_probs = None
-        cross_past = past[2:4] if past is not None and len(past) == 4 else None
+        cross_past = past_key_value[2:4] if past_key_value is not None and len(past_key_value) == 4 else None
         if hasattr(self, "crossattention") and (encoder_hidden_states is not None or cross_past is not None):
-            x, cross_probs, cross_kv = self.crossattention(x, encoder_mask, head_mask, encoder_hidden_states,
-                                                           cross_past, eager)
-            present = present + cross_kv
-        return self.output(self.intermediate(x), x), self_probs, cross_probs, present
+            x, cross_probs, cross_present = self.crossattention(x, encoder_attention_mask, head_mask,
+                                                                encoder_hidden_states, cross_past, eager)
+            present = present + cross_present
+        return self.feed_forward(x), self_probs, cross_probs, present
 
 
 # == encoder =================================================================================================
@@ -309,19 +290,20 @@ class BertEncoder(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing = bool(config.gradient_checkpointing)
 
-    def forward(self, hidden, mask=None, head_mask=None, encoder_hidden_states=None, encoder_mask=None,
-                past_key_values=None, use_cache=False, output_attentions=False, output_hidden_states=False,
-                eager=True) -> dict:
-        """hidden (B, S, H) -> dict of last_hidden_state, hidden_states (L+1 × (B, S, H)), attentions and
-        cross_attentions (L × (B, N, S, K|E)), past_key_values (L × 2|4 × (B, N, K|E, D))."""
+    def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
+                encoder_attention_mask=None, past_key_values=None, use_cache=False, output_attentions=False,
+                output_hidden_states=False, eager=True) -> dict:
+        """hidden_states (B, S, H) -> dict of last_hidden_state, hidden_states (L+1 × (B, S, H)), attentions
+        and cross_attentions (L × (B, N, S, K|E)), past_key_values (L × 2|4 × (B, N, K|E, D))."""
+        hidden = hidden_states
         all_hidden, all_attn, all_cross, cache = [], [], [], []
         for i, layer in enumerate(self.layer):
             if output_hidden_states:
                 all_hidden.append(hidden)
-            args = (hidden, mask, None if head_mask is None else head_mask[i], encoder_hidden_states,
-                    encoder_mask, None if past_key_values is None else past_key_values[i], eager)
+            args = (hidden, attention_mask, None if head_mask is None else head_mask[i], encoder_hidden_states,
+                    encoder_attention_mask, None if past_key_values is None else past_key_values[i], eager)
             if self.gradient_checkpointing and self.training:
                 # Recompute the layer in backward instead of storing its activations.
                 hidden, probs, cross_probs, present = checkpoint(layer, *args, use_reentrant=False)
@@ -357,22 +339,6 @@ class BertPooler(nn.Module):
 
 
 # == model ===================================================================================================
-@torch.compiler.disable  # data-dependent checks run eagerly; the rest of the forward still compiles
-def _validate(config: BertConfig, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
-              past_length: int, encoder_hidden_states, encoder_attention_mask) -> None:
-    check_inputs(config, input_ids=_numpy_ints(input_ids), token_type_ids=_numpy_ints(token_type_ids),
-                 position_ids=_numpy_ints(position_ids), attention_mask=attention_mask,
-                 inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
-                 past_length=past_length,
-                 encoder_hidden_shape=None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape),
-                 encoder_attention_mask=encoder_attention_mask)
-
-
-@torch.compiler.disable
-def _all_ones(mask: torch.Tensor) -> bool:
-    return bool(mask.all())
-
-
 class BertPreTrainedModel(nn.Module):
     """Shared glue: construction from canonical weights, dtype, loading/saving, checkpointing, warnings.
 
@@ -386,6 +352,7 @@ class BertPreTrainedModel(nn.Module):
         super().__init__()
         if not isinstance(config, BertConfig):
             raise ValueError(f"config must be a bert_common.BertConfig, got {type(config).__name__}")
+        semantics.check_head_config(self.model_class, config)
         self.config = config
         self.load_report: LoadReport | None = None
         self._warned: set[str] = set()
@@ -397,14 +364,14 @@ class BertPreTrainedModel(nn.Module):
             yield
 
     def _finish(self, seed: int | None, add_pooling_layer: bool | None, nested: bool = False) -> None:
-        self._add_pooling_layer = add_pooling_layer
+        self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
         if nested:  # the enclosing head materialises and fills every parameter once
             return
         self.to_empty(device="cpu")
         self._tie_weights()
         if seed is not None:
-            self.load_canonical_state_dict(init_weights(self.config, self.model_class, seed, add_pooling_layer),
-                                           _exact=True)
+            self.load_canonical_state_dict(init_weights(self.config, self.model_class, seed,
+                                                        self.add_pooling_layer), _exact=True)
         self.eval()  # inference-ready; call .train() for training
 
     def _tie_weights(self) -> None:
@@ -421,10 +388,11 @@ class BertPreTrainedModel(nn.Module):
 
     @property
     def attn_implementation(self) -> str:
-        return self.config.attn_implementation or DEFAULT_ATTN
+        return self.config.attn_implementation or semantics.DEFAULT_ATTN_IMPLEMENTATION[BACKEND]
 
     def gradient_checkpointing_enable(self) -> None:
-        """Recompute each layer's activations in backward (training mode only)."""
+        """Recompute each layer's activations in backward (training mode only); also on with
+        ``config.gradient_checkpointing``."""
         for m in self.modules():
             if isinstance(m, BertEncoder):
                 m.gradient_checkpointing = True
@@ -441,12 +409,7 @@ class BertPreTrainedModel(nn.Module):
 
     def _return(self, return_dict: bool | None, **fields: Any):
         out = output_for(self.model_class, **fields)
-        use_dict = self.config.return_dict if return_dict is None else return_dict
-        return out if use_dict else out.to_tuple()
-
-    def _bert_outputs(self, out: Mapping) -> dict:
-        """The encoder fields every head passes through."""
-        return {k: out.get(k) for k in ("hidden_states", "attentions")}
+        return out if semantics.resolve_flags(self.config, return_dict=return_dict)[2] else out.to_tuple()
 
     # ========================================================================================== loading
     def canonical_state_dict(self, dtype: Any = "float32") -> dict[str, np.ndarray]:
@@ -455,7 +418,7 @@ class BertPreTrainedModel(nn.Module):
         ``dtype``: "float32" (default), or None to keep the model's dtype (bfloat16 via ml_dtypes)."""
         params = dict(self.named_parameters())  # de-duplicated: a tied decoder weight appears once
         out = {}
-        for name in canonical_shapes(self.config, self.model_class, self._add_pooling_layer):
+        for name in canonical_shapes(self.config, self.model_class, self.add_pooling_layer):
             t = params[name].detach().cpu()
             if dtype is None and t.dtype == torch.bfloat16:
                 import ml_dtypes
@@ -471,7 +434,7 @@ class BertPreTrainedModel(nn.Module):
         if _exact:
             params, report = dict(state), LoadReport(self.model_class)
         else:
-            params, report = match_state_dict(state, self.config, self.model_class, self._add_pooling_layer,
+            params, report = match_state_dict(state, self.config, self.model_class, self.add_pooling_layer,
                                               allow_new_head=allow_new_head)
         own = dict(self.named_parameters())
         with torch.no_grad():
@@ -486,7 +449,7 @@ class BertPreTrainedModel(nn.Module):
     def from_pretrained(cls, path: str | os.PathLike, *, config: BertConfig | None = None,
                         allow_new_head: bool = False, add_pooling_layer: bool | None = None, dtype: Any = None,
                         torch_dtype: Any = None, attn_implementation: str | None = None,
-                        state: Mapping[str, np.ndarray] | None = None, **config_overrides: Any):
+                        state: Mapping[str, np.ndarray] | None = None, seed: int = 0, **config_overrides: Any):
         """Load ``path`` (config.json + weights in any supported format) into an inference-ready model.
 
         ``dtype`` / ``torch_dtype``: torch.float32 (default), torch.bfloat16, torch.float16 or their names;
@@ -499,8 +462,8 @@ class BertPreTrainedModel(nn.Module):
         if attn_implementation is not None:
             config_overrides["attn_implementation"] = attn_implementation
         cfg, params, report = _pretrained.load_for_backend(
-            path, cls.model_class, "torch", config=config, allow_new_head=allow_new_head,
-            add_pooling_layer=add_pooling_layer, state=state, **config_overrides)
+            path, cls.model_class, BACKEND, config=config, allow_new_head=allow_new_head,
+            add_pooling_layer=add_pooling_layer, state=state, seed=seed, **config_overrides)
         model = cls(cfg, add_pooling_layer=add_pooling_layer, seed=None)
         model.load_canonical_state_dict(params, _exact=True)
         model.load_report = report
@@ -511,7 +474,7 @@ class BertPreTrainedModel(nn.Module):
     def save_pretrained(self, path: str | os.PathLike, shard_size: str | int | None = None) -> str:
         """Write ``config.json`` + ``model.safetensors`` (canonical layout, the model's dtype)."""
         return _pretrained.save_from_backend(path, self.canonical_state_dict(dtype=None), self.config,
-                                             self.model_class, "torch", self._add_pooling_layer, shard_size)
+                                             self.model_class, BACKEND, self.add_pooling_layer, shard_size)
 
 
 class BertModel(BertPreTrainedModel):
@@ -522,25 +485,20 @@ class BertModel(BertPreTrainedModel):
     def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0,
                  _nested: bool = False):
         super().__init__(config)
-        pool = HEADS["BertModel"].pooler if add_pooling_layer is None else add_pooling_layer
         with self._building():
             self.embeddings = BertEmbeddings(config)
             self.encoder = BertEncoder(config)
+            pool = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
             self.pooler = BertPooler(config) if pool else None
         self._finish(seed, add_pooling_layer, nested=_nested)
 
-    def _head_mask(self, head_mask) -> torch.Tensor | None:
-        """(N,) or (L, N) float -> (L, 1, N, 1, 1) in the model dtype; (N,) is shared by every layer."""
+    def head_mask_per_layer(self, head_mask) -> torch.Tensor | None:
+        """(N,) or (L, N) float -> (L, N) in the model dtype; (N,) is shared by every layer."""
         if head_mask is None:
             return None
         L, N = self.config.num_hidden_layers, self.config.num_attention_heads
-        hm = _as_tensor(head_mask, self.device, self.dtype).to(device=self.device, dtype=self.dtype)
-        if tuple(hm.shape) == (N,):
-            hm = hm.expand(L, N)
-        elif tuple(hm.shape) != (L, N):
-            raise ValueError(f"head_mask has shape {tuple(hm.shape)} but must be (num_attention_heads,) = ({N},) "
-                             f"or (num_hidden_layers, num_attention_heads) = ({L}, {N})")
-        return hm[:, None, :, None, None]
+        hm = as_tensor(head_mask, self.device, self.dtype).to(device=self.device, dtype=self.dtype)
+        return hm.expand(L, N) if semantics.head_mask_kind(self.config, hm.shape) == "shared" else hm
 
     def _check_cache(self, past_key_values) -> int:
         """Validate the cache structure; returns the cached length P."""
@@ -564,40 +522,35 @@ class BertModel(BertPreTrainedModel):
         c = self.config
         dev, dt = self.device, self.dtype
         input_ids, attention_mask, token_type_ids, position_ids = (
-            _as_tensor(x, dev) for x in (input_ids, attention_mask, token_type_ids, position_ids))
-        inputs_embeds = _as_tensor(inputs_embeds, dev, dt)
-        encoder_hidden_states = _as_tensor(encoder_hidden_states, dev, dt)
-        encoder_attention_mask = _as_tensor(encoder_attention_mask, dev)
-        output_attentions = c.output_attentions if output_attentions is None else output_attentions
-        output_hidden_states = c.output_hidden_states if output_hidden_states is None else output_hidden_states
-        use_cache = (c.use_cache if use_cache is None else use_cache) if c.is_decoder else False
-        if use_cache and self.encoder.gradient_checkpointing and self.training:
+            as_tensor(x, dev) for x in (input_ids, attention_mask, token_type_ids, position_ids))
+        inputs_embeds = as_tensor(inputs_embeds, dev, dt)
+        encoder_hidden_states = as_tensor(encoder_hidden_states, dev, dt)
+        encoder_attention_mask = as_tensor(encoder_attention_mask, dev)
+        output_attentions, output_hidden_states, _ = semantics.resolve_flags(c, output_attentions,
+                                                                             output_hidden_states)
+        checkpointing = self.encoder.gradient_checkpointing and self.training
+        if use_cache and checkpointing and c.is_decoder:
             self._warn_once("checkpoint_cache", "use_cache=True is incompatible with gradient checkpointing "
                                                 "in training; no cache is returned")
-            use_cache = False
+        use_cache = semantics.use_cache(c, self.model_class, use_cache, checkpointing_in_training=checkpointing)
         if encoder_hidden_states is not None and not c.add_cross_attention:
             raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
         past_length = self._check_cache(past_key_values)
-        _validate(c, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds, past_length,
-                  encoder_hidden_states, encoder_attention_mask)
+        validate(c, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds, past_length,
+                 encoder_hidden_states, encoder_attention_mask)
 
-        # Probabilities are only materialised by the eager path; SDPA falls back for such calls.
-        eager = self.attn_implementation == "eager"
-        if not eager and (output_attentions or head_mask is not None):
-            self._warn_once("sdpa_fallback", "attn_implementation='sdpa' cannot return or scale attention "
-                                             "probabilities; calls with output_attentions=True or head_mask "
-                                             "use the eager attention path")
-            eager = True
+        eager, note = semantics.attention_path(c, BACKEND, output_attentions, head_mask is not None)
+        if note:
+            self._warn_once("sdpa_fallback", note)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)  # B,S,H
         B, S = x.shape[:2]
-        # Eager adds the mask to fp32 scores; SDPA needs it in the activation dtype.
-        mask_dtype = torch.float32 if eager else dt
+        mask_dtype = DTYPES[semantics.mask_dtype(eager, str(dt).removeprefix("torch."))]
         if attention_mask is None:
             attention_mask = torch.ones((B, past_length + S), dtype=torch.long, device=dev)
         if c.is_decoder:
             mask = additive_mask(attention_mask, mask_dtype, S, past_length, causal=True)     # B,1,S,K
-        elif not torch.compiler.is_compiling() and _all_ones(attention_mask):
+        elif not torch.compiler.is_compiling() and all_ones(attention_mask):
             mask = None  # nothing to mask: adding zeros is exact, skipping it lets SDPA use its fastest kernel
         else:
             mask = additive_mask(attention_mask, mask_dtype)                                   # B,1,1,K
@@ -605,7 +558,7 @@ class BertModel(BertPreTrainedModel):
         if encoder_attention_mask is not None:
             encoder_mask = additive_mask(encoder_attention_mask, mask_dtype)                   # B,1,1,E
 
-        enc = self.encoder(x, mask, self._head_mask(head_mask), encoder_hidden_states, encoder_mask,
+        enc = self.encoder(x, mask, self.head_mask_per_layer(head_mask), encoder_hidden_states, encoder_mask,
                            past_key_values, use_cache, output_attentions, output_hidden_states, eager)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
         return self._return(return_dict, pooler_output=pooled, **enc)
@@ -639,6 +592,18 @@ class BertLMPredictionHead(nn.Module):
         return F.linear(self.transform(x), self.decoder.weight, self.bias)
 
 
+class BertPreTrainingHeads(nn.Module):
+    """The ``cls`` block: ``predictions`` (MLM, (B, S, H) -> (B, S, V)) and/or ``seq_relationship``
+    (NSP, (B, H) -> (B, 2))."""
+
+    def __init__(self, config: BertConfig, mlm: bool = True, nsp: bool = True):
+        super().__init__()
+        if mlm:
+            self.predictions = BertLMPredictionHead(config)
+        if nsp:
+            self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
 def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over labels != -100 (NaN when all are ignored, as in HF). (..., L), (...)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
@@ -650,164 +615,10 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return _ce(logits[:, :-1], labels[:, 1:])
 
 
-class _MLMHeadModel(BertPreTrainedModel):
-    """Glue for heads with an MLM decoder: tie it to the word embeddings."""
-
-    def _tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
-            self.cls.predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
-
-
-def _labels(x, device):
-    """Integer labels (NumPy or torch) -> int64 tensor on ``device``; None stays None."""
-    return _as_tensor(x, device)
-
-
-class BertForPreTraining(_MLMHeadModel):
-    """MLM + next-sentence heads. Loss = MLM CE + NSP CE when both ``labels`` and ``next_sentence_label``."""
-
-    model_class = "BertForPreTraining"
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=HEADS[self.model_class].pooler
-                                  if add_pooling_layer is None else add_pooling_layer, seed=None, _nested=True)
-            self.cls = nn.ModuleDict({"predictions": BertLMPredictionHead(config),
-                                      "seq_relationship": nn.Linear(config.hidden_size, 2)})
-        self._finish(seed, add_pooling_layer)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
-                output_hidden_states=None, return_dict=None):
-        """-> prediction_logits (B, S, V), seq_relationship_logits (B, 2), loss ()."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        return_dict=True)
-        mlm = self.cls.predictions(out["last_hidden_state"])
-        nsp = self.cls.seq_relationship(out["pooler_output"])
-        loss = None
-        if labels is not None and next_sentence_label is not None:
-            loss = _ce(mlm, _labels(labels, mlm.device)) + _ce(nsp, _labels(next_sentence_label, nsp.device))
-        return self._return(return_dict, loss=loss, prediction_logits=mlm, seq_relationship_logits=nsp,
-                            **self._bert_outputs(out))
-
-
-class BertLMHeadModel(_MLMHeadModel):
-    """Causal LM (needs ``config.is_decoder``); loss is next-token CE. ``generate`` decodes with the cache."""
-
-    model_class = "BertLMHeadModel"
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=bool(add_pooling_layer), seed=None, _nested=True)
-            self.cls = nn.ModuleDict({"predictions": BertLMPredictionHead(config)})
-        self._finish(seed, add_pooling_layer)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """-> logits (B, S, V), loss () with ``labels`` (B, S), past_key_values when caching."""
-        if labels is not None:
-            use_cache = False
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
-                        output_attentions, output_hidden_states, return_dict=True)
-        logits = self.cls.predictions(out["last_hidden_state"])
-        loss = causal_lm_loss(logits, _labels(labels, logits.device)) if labels is not None else None
-        return self._return(return_dict, loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
-                            cross_attentions=out.get("cross_attentions"), **self._bert_outputs(out))
-
-    @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
-                 top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0, seed: int = 0,
-                 eos_token_id: int | None = None, pad_token_id: int | None = None,
-                 encoder_hidden_states=None, encoder_attention_mask=None) -> np.ndarray:
-        """Greedy or top-k/top-p sampled continuation with the cache; (B, S) -> (B, S + n) int64 NumPy.
-
-        The loop and the sampling are ``bert_common.generation.generate`` (shared NumPy code), so a seed
-        gives the same tokens in every backend. ``eos_token_id`` (default ``config.eos_token_id``) ends a
-        row, which is then filled with ``pad_token_id`` (default ``config.pad_token_id``)."""
-        if not self.config.is_decoder:
-            raise ValueError("generate needs config.is_decoder=True (causal attention); got is_decoder=False")
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or 0)
-        enc = _as_tensor(encoder_hidden_states, self.device, self.dtype)
-
-        def step(ids, mask, past):
-            out = self(ids, attention_mask=mask, past_key_values=past, use_cache=True,
-                       encoder_hidden_states=enc, encoder_attention_mask=encoder_attention_mask, return_dict=True)
-            return out["logits"][:, -1].float().cpu().numpy(), out["past_key_values"]
-
-        ids = input_ids.cpu().numpy() if isinstance(input_ids, torch.Tensor) else input_ids
-        mask = attention_mask.cpu().numpy() if isinstance(attention_mask, torch.Tensor) else attention_mask
-        return _generate(step, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, top_k=top_k,
-                         top_p=top_p, temperature=temperature, seed=seed, eos_token_id=eos, pad_token_id=pad)
-
-
-class BertForMaskedLM(_MLMHeadModel):
-    """Masked LM; loss is CE over labels != -100."""
-
-    model_class = "BertForMaskedLM"
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=bool(add_pooling_layer), seed=None, _nested=True)
-            self.cls = nn.ModuleDict({"predictions": BertLMPredictionHead(config)})
-        self._finish(seed, add_pooling_layer)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None):
-        """-> logits (B, S, V), loss () with ``labels`` (B, S)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
-                        output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.cls.predictions(out["last_hidden_state"])
-        loss = _ce(logits, _labels(labels, logits.device)) if labels is not None else None
-        return self._return(return_dict, loss=loss, logits=logits, **self._bert_outputs(out))
-
-
-class BertForNextSentencePrediction(BertPreTrainedModel):
-    """Is sentence B the continuation of A: logits (B, 2) from the pooled output; CE loss."""
-
-    model_class = "BertForNextSentencePrediction"
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=True if add_pooling_layer is None
-                                  else add_pooling_layer, seed=None, _nested=True)
-            self.cls = nn.ModuleDict({"seq_relationship": nn.Linear(config.hidden_size, 2)})
-        self._finish(seed, add_pooling_layer)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """-> logits (B, 2), loss () with ``labels`` (B,) (0 = B continues A)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        return_dict=True)
-        logits = self.cls.seq_relationship(out["pooler_output"])                              # B,2
-        loss = _ce(logits, _labels(labels, logits.device)) if labels is not None else None
-        return self._return(return_dict, loss=loss, logits=logits, **self._bert_outputs(out))
-
-
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig) -> torch.Tensor:
-    """HF semantics without mutating the config: ``config.problem_type`` if set, else num_labels == 1 ->
-    regression (MSE), integer labels -> single-label CE, otherwise multi-label BCE-with-logits (mean).
-    logits (B, L); labels (B,) or (B, L)."""
-    problem = config.problem_type
-    if problem is None:
-        if config.num_labels == 1:
-            problem = "regression"
-        elif not labels.dtype.is_floating_point:
-            problem = "single_label_classification"
-        else:
-            problem = "multi_label_classification"
+    """Loss chosen by ``semantics.problem_type``: MSE (regression), CE (single label), BCE-with-logits
+    (multi-label, mean). logits (B, L); labels (B,) or (B, L)."""
+    problem = semantics.problem_type(config, not labels.dtype.is_floating_point)
     logits = logits.float()
     if problem == "regression":
         if config.num_labels == 1:
@@ -816,109 +627,6 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
     if problem == "single_label_classification":
         return _ce(logits.view(-1, config.num_labels), labels.view(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.float())
-
-
-class _PooledClassifier(BertPreTrainedModel):
-    """``classifier`` on the dropped-out pooled output; shared by sequence and multiple-choice heads."""
-
-    n_outputs = 1
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=HEADS[self.model_class].pooler
-                                  if add_pooling_layer is None else add_pooling_layer, seed=None, _nested=True)
-            self.dropout = nn.Dropout(config.classifier_dropout_prob)
-            self.classifier = nn.Linear(config.hidden_size, self._outputs(config))
-        self._finish(seed, add_pooling_layer)
-
-    @staticmethod
-    def _outputs(config: BertConfig) -> int:
-        return config.num_labels
-
-
-class BertForSequenceClassification(_PooledClassifier):
-    """logits (B, L) from the pooled output; loss by ``problem_type`` (see ``sequence_classification_loss``)."""
-
-    model_class = "BertForSequenceClassification"
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """-> logits (B, L), loss () with ``labels``: (B,) int, (B,) / (B, L) float (regression, multi-label)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        return_dict=True)
-        logits = self.classifier(self.dropout(out["pooler_output"]))                         # B,L
-        loss = None
-        if labels is not None:
-            loss = sequence_classification_loss(logits, _as_tensor(labels, logits.device, torch.float32),
-                                                self.config)
-        return self._return(return_dict, loss=loss, logits=logits, **self._bert_outputs(out))
-
-
-class BertForMultipleChoice(_PooledClassifier):
-    """ids (B, C, S) -> logits (B, C): one score per choice from its pooled output; CE over choices."""
-
-    model_class = "BertForMultipleChoice"
-
-    @staticmethod
-    def _outputs(config: BertConfig) -> int:
-        return 1
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """ids / masks (B, C, S) or ``inputs_embeds`` (B, C, S, H) -> logits (B, C), loss () with ``labels`` (B,);
-        hidden states and attentions are per flattened choice (B*C, ...)."""
-        dev = self.device
-        input_ids, attention_mask, token_type_ids, position_ids = (
-            _as_tensor(x, dev) for x in (input_ids, attention_mask, token_type_ids, position_ids))
-        inputs_embeds = _as_tensor(inputs_embeds, dev, self.dtype)
-        lead = input_ids if input_ids is not None else inputs_embeds
-        if lead is None:
-            raise ValueError("one of input_ids or inputs_embeds is required")
-        want = 3 if input_ids is not None else 4
-        if lead.dim() != want:
-            name = "input_ids" if input_ids is not None else "inputs_embeds"
-            raise ValueError(f"{name} has shape {tuple(lead.shape)} but BertForMultipleChoice needs "
-                             f"{'(B, C, S)' if want == 3 else '(B, C, S, H)'}")
-        C = lead.shape[1]
-
-        def flat(t):  # (B, C, S[, H]) -> (B*C, S[, H])
-            return None if t is None else t.reshape((-1,) + tuple(t.shape[2:]))
-
-        out = self.bert(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), head_mask,
-                        flat(inputs_embeds), output_attentions=output_attentions,
-                        output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(out["pooler_output"])).view(-1, C)              # B,C
-        loss = _ce(logits, _labels(labels, logits.device)) if labels is not None else None
-        return self._return(return_dict, loss=loss, logits=logits, **self._bert_outputs(out))
-
-
-class BertForTokenClassification(BertPreTrainedModel):
-    """logits (B, S, L) per token; CE over labels != -100."""
-
-    model_class = "BertForTokenClassification"
-
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=bool(add_pooling_layer), seed=None, _nested=True)
-            self.dropout = nn.Dropout(config.classifier_dropout_prob)
-            self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self._finish(seed, add_pooling_layer)
-
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
-                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
-        """-> logits (B, S, L), loss () with ``labels`` (B, S) (-100 = ignored)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
-                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                        return_dict=True)
-        logits = self.classifier(self.dropout(out["last_hidden_state"]))                      # B,S,L
-        loss = _ce(logits, _labels(labels, logits.device)) if labels is not None else None
-        return self._return(return_dict, loss=loss, logits=logits, **self._bert_outputs(out))
 
 
 def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
@@ -931,45 +639,264 @@ def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positi
             + F.cross_entropy(end_logits.float(), end, ignore_index=S)) / 2
 
 
-class BertForQuestionAnswering(BertPreTrainedModel):
+class _HeadModel(BertPreTrainedModel):
+    """Base of every head: owns ``bert`` (its pooler per ``semantics.add_pooling_layer``) and the head
+    modules ``_build_head`` creates; validates and converts labels; ties the MLM decoder."""
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
+        super().__init__(config)
+        with self._building():
+            self.bert = BertModel(config, add_pooling_layer=semantics.add_pooling_layer(
+                self.model_class, add_pooling_layer), seed=None, _nested=True)
+            self._build_head(config)
+        self._finish(seed, add_pooling_layer)
+
+    def _build_head(self, config: BertConfig) -> None:
+        raise NotImplementedError
+
+    def _tie_weights(self) -> None:
+        predictions = getattr(getattr(self, "cls", None), "predictions", None)
+        if predictions is not None and self.config.tie_word_embeddings:
+            predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
+
+    def _labels(self, labels: dict, input_ids, inputs_embeds) -> dict | None:
+        """Labels (NumPy or torch) -> tensors on the model's device, checked against the ids' shape
+        (``bert_common.validation.check_labels``); None when the class's loss is not requested."""
+        if not semantics.has_loss(self.model_class, labels):
+            return None
+        out = {k: as_labels(v, self.device) for k, v in labels.items() if v is not None}
+        lead = input_ids if input_ids is not None else inputs_embeds
+        shape = tuple(lead.shape if hasattr(lead, "shape") else np.shape(lead))
+        shape = shape if input_ids is not None else shape[:-1]
+        problem = None
+        if self.model_class == "BertForSequenceClassification":
+            problem = semantics.problem_type(self.config, not out["labels"].dtype.is_floating_point)
+        validate_labels(self.config, self.model_class, out, shape, problem)
+        return out
+
+    def _encoder_outputs(self, out: Mapping) -> dict:
+        """The encoder fields every head passes through."""
+        return {k: out.get(k) for k in ("hidden_states", "attentions")}
+
+
+class BertForPreTraining(_HeadModel):
+    """MLM + next-sentence heads. Loss = MLM CE + NSP CE when both ``labels`` and ``next_sentence_label``."""
+
+    model_class = "BertForPreTraining"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.cls = BertPreTrainingHeads(config, mlm=True, nsp=True)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, next_sentence_label=None, output_attentions=None,
+                output_hidden_states=None, return_dict=None):
+        """-> prediction_logits (B, S, V), seq_relationship_logits (B, 2), loss ()."""
+        lab = self._labels({"labels": labels, "next_sentence_label": next_sentence_label}, input_ids, inputs_embeds)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        return_dict=True)
+        mlm = self.cls.predictions(out["last_hidden_state"])
+        nsp = self.cls.seq_relationship(out["pooler_output"])
+        loss = None if lab is None else _ce(mlm, lab["labels"]) + _ce(nsp, lab["next_sentence_label"])
+        return self._return(return_dict, loss=loss, prediction_logits=mlm, seq_relationship_logits=nsp,
+                            **self._encoder_outputs(out))
+
+
+class BertLMHeadModel(_HeadModel):
+    """Causal LM (needs ``config.is_decoder``); loss is next-token CE. ``generate`` decodes with the cache."""
+
+    model_class = "BertLMHeadModel"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.cls = BertPreTrainingHeads(config, mlm=True, nsp=False)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                past_key_values=None, use_cache=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        """-> logits (B, S, V), loss () with ``labels`` (B, S), past_key_values when caching."""
+        lab = self._labels({"labels": labels}, input_ids, inputs_embeds)
+        use_cache = semantics.use_cache(self.config, self.model_class, use_cache, has_labels=lab is not None)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, past_key_values, use_cache,
+                        output_attentions, output_hidden_states, return_dict=True)
+        logits = self.cls.predictions(out["last_hidden_state"])
+        loss = None if lab is None else causal_lm_loss(logits, lab["labels"])
+        return self._return(return_dict, loss=loss, logits=logits, past_key_values=out.get("past_key_values"),
+                            cross_attentions=out.get("cross_attentions"), **self._encoder_outputs(out))
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, max_new_tokens: int = 20, do_sample: bool = False,
+                 top_k: int | None = None, top_p: float | None = None, temperature: float = 1.0, seed: int = 0,
+                 eos_token_id: int | None = None, pad_token_id: int | None = None,
+                 encoder_hidden_states=None, encoder_attention_mask=None) -> np.ndarray:
+        """Greedy or top-k/top-p sampled continuation with the cache; (B, S) -> (B, S + n) int64 NumPy.
+
+        The loop and the sampling are ``bert_common.generation.generate`` (shared NumPy code), so a seed
+        gives the same tokens in every backend. ``eos_token_id`` (default ``config.eos_token_id``) ends a
+        row, which is then filled with ``pad_token_id`` (default ``config.pad_token_id``). Encoder states
+        are passed on every step; their keys/values are computed on the first and reused from the cache."""
+        semantics.check_generate(self.config)
+        eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
+        enc = as_tensor(encoder_hidden_states, self.device, self.dtype)
+
+        def step(ids, mask, past):
+            out = self(ids, attention_mask=mask, past_key_values=past, use_cache=True,
+                       encoder_hidden_states=enc, encoder_attention_mask=encoder_attention_mask, return_dict=True)
+            return out["logits"][:, -1].float().cpu().numpy(), out["past_key_values"]
+
+        ids = input_ids.cpu().numpy() if isinstance(input_ids, torch.Tensor) else input_ids
+        mask = attention_mask.cpu().numpy() if isinstance(attention_mask, torch.Tensor) else attention_mask
+        return _generate(step, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, top_k=top_k,
+                         top_p=top_p, temperature=temperature, seed=seed, eos_token_id=eos, pad_token_id=pad)
+
+
+class BertForMaskedLM(_HeadModel):
+    """Masked LM; loss is CE over labels != -100."""
+
+    model_class = "BertForMaskedLM"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.cls = BertPreTrainingHeads(config, mlm=True, nsp=False)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        """-> logits (B, S, V), loss () with ``labels`` (B, S)."""
+        lab = self._labels({"labels": labels}, input_ids, inputs_embeds)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        encoder_hidden_states, encoder_attention_mask, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.cls.predictions(out["last_hidden_state"])
+        loss = None if lab is None else _ce(logits, lab["labels"])
+        return self._return(return_dict, loss=loss, logits=logits, **self._encoder_outputs(out))
+
+
+class BertForNextSentencePrediction(_HeadModel):
+    """Is sentence B the continuation of A: logits (B, 2) from the pooled output; CE loss."""
+
+    model_class = "BertForNextSentencePrediction"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.cls = BertPreTrainingHeads(config, mlm=False, nsp=True)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        """-> logits (B, 2), loss () with ``labels`` (B,) (0 = B continues A); ``next_sentence_label`` is
+        HF's deprecated name for ``labels`` (FutureWarning)."""
+        labels = semantics.check_call_args(self.model_class, {"labels": labels, **kwargs}).get("labels")
+        lab = self._labels({"labels": labels}, input_ids, inputs_embeds)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        return_dict=True)
+        logits = self.cls.seq_relationship(out["pooler_output"])                              # B,2
+        loss = None if lab is None else _ce(logits, lab["labels"])
+        return self._return(return_dict, loss=loss, logits=logits, **self._encoder_outputs(out))
+
+
+class BertForSequenceClassification(_HeadModel):
+    """logits (B, L) from the pooled output; loss by ``semantics.problem_type``."""
+
+    model_class = "BertForSequenceClassification"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        """-> logits (B, L), loss () with ``labels``: (B,) int, (B,) / (B, L) float (regression, multi-label)."""
+        lab = self._labels({"labels": labels}, input_ids, inputs_embeds)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        return_dict=True)
+        logits = self.classifier(self.dropout(out["pooler_output"]))                         # B,L
+        loss = None if lab is None else sequence_classification_loss(logits, lab["labels"], self.config)
+        return self._return(return_dict, loss=loss, logits=logits, **self._encoder_outputs(out))
+
+
+class BertForMultipleChoice(_HeadModel):
+    """ids (B, C, S) -> logits (B, C): one score per choice from its pooled output; CE over choices."""
+
+    model_class = "BertForMultipleChoice"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        """ids / masks (B, C, S) or ``inputs_embeds`` (B, C, S, H) -> logits (B, C), loss () with ``labels`` (B,);
+        hidden states and attentions are per flattened choice (B*C, ...)."""
+        dev = self.device
+        given = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                     position_ids=position_ids, inputs_embeds=inputs_embeds)
+        given = {k: as_tensor(v, dev, self.dtype if k == "inputs_embeds" else None) for k, v in given.items()}
+        C, plan = semantics.choice_plan({k: None if v is None else v.shape for k, v in given.items()})
+        lab = self._labels({"labels": labels}, given["input_ids"], given["inputs_embeds"])
+        flat = {k: None if v is None else v.reshape(plan[k]) for k, v in given.items()}
+        out = self.bert(**flat, head_mask=head_mask, output_attentions=output_attentions,
+                        output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(out["pooler_output"])).view(-1, C)              # B,C
+        loss = None if lab is None else _ce(logits, lab["labels"])
+        return self._return(return_dict, loss=loss, logits=logits, **self._encoder_outputs(out))
+
+
+class BertForTokenClassification(_HeadModel):
+    """logits (B, S, L) per token; CE over labels != -100."""
+
+    model_class = "BertForTokenClassification"
+
+    def _build_head(self, config: BertConfig) -> None:
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
+                inputs_embeds=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        """-> logits (B, S, L), loss () with ``labels`` (B, S) (-100 = ignored)."""
+        lab = self._labels({"labels": labels}, input_ids, inputs_embeds)
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
+                        output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+                        return_dict=True)
+        logits = self.classifier(self.dropout(out["last_hidden_state"]))                      # B,S,L
+        loss = None if lab is None else _ce(logits, lab["labels"])
+        return self._return(return_dict, loss=loss, logits=logits, **self._encoder_outputs(out))
+
+
+class BertForQuestionAnswering(_HeadModel):
     """Span extraction: ``qa_outputs`` gives start and end logits (B, S) each; needs num_labels == 2."""
 
     model_class = "BertForQuestionAnswering"
 
-    def __init__(self, config: BertConfig, add_pooling_layer: bool | None = None, seed: int | None = 0):
-        if config.num_labels != 2:
-            raise ValueError(f"BertForQuestionAnswering needs config.num_labels=2 (start, end), got "
-                             f"num_labels={config.num_labels}")
-        super().__init__(config)
-        with self._building():
-            self.bert = BertModel(config, add_pooling_layer=bool(add_pooling_layer), seed=None, _nested=True)
-            self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
-        self._finish(seed, add_pooling_layer)
+    def _build_head(self, config: BertConfig) -> None:
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, start_positions=None, end_positions=None, output_attentions=None,
                 output_hidden_states=None, return_dict=None):
         """-> start_logits, end_logits (B, S) each; loss () with ``start_positions`` and ``end_positions`` (B,)."""
+        lab = self._labels({"start_positions": start_positions, "end_positions": end_positions}, input_ids,
+                           inputs_embeds)
         out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, head_mask, inputs_embeds,
                         output_attentions=output_attentions, output_hidden_states=output_hidden_states,
                         return_dict=True)
         logits = self.qa_outputs(out["last_hidden_state"])                                    # B,S,2
         start, end = logits[..., 0].contiguous(), logits[..., 1].contiguous()                # B,S each
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = span_loss(start, end, _labels(start_positions, start.device), _labels(end_positions, end.device))
-        return self._return(return_dict, loss=loss, start_logits=start, end_logits=end, **self._bert_outputs(out))
+        loss = None if lab is None else span_loss(start, end, lab["start_positions"], lab["end_positions"])
+        return self._return(return_dict, loss=loss, start_logits=start, end_logits=end,
+                            **self._encoder_outputs(out))
 
 
 # == loading =================================================================================================
 # from_pretrained / save_pretrained / canonical_state_dict live on BertPreTrainedModel (above); this is
-# the name -> class table the adapters and bert_common.auto use.
-MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = {
-    cls.model_class: cls for cls in (
-        BertModel, BertForPreTraining, BertLMHeadModel, BertForMaskedLM, BertForNextSentencePrediction,
-        BertForSequenceClassification, BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering)
-}
-assert set(MODEL_CLASSES) == set(HEADS), "every class of bert_common.weights.HEADS has a torch module"
+# the name -> class table (bert_common.semantics order) the adapters and bert_common.auto use.
+MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = semantics.class_table(
+    (BertModel, BertForPreTraining, BertLMHeadModel, BertForMaskedLM, BertForNextSentencePrediction,
+     BertForSequenceClassification, BertForMultipleChoice, BertForTokenClassification, BertForQuestionAnswering))
 
 
 def build(model_class: str, config: BertConfig, state: Mapping[str, np.ndarray] | None = None, seed: int = 0,

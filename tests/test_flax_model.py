@@ -329,3 +329,21 @@ def test_save_and_from_pretrained_round_trip(tmp_path, encoder):
 def test_question_answering_needs_two_labels():
     with pytest.raises(ValueError, match="num_labels=2.*num_labels=3"):
         bert_flax.BertForQuestionAnswering(tiny_config("absolute"))
+
+
+def test_labels_and_mask_values_checked_under_user_jit():
+    """Issue 17 item 6 in the checked mode: the same ValueError text from the host callback under jax.jit."""
+    import bert_flax
+    cfg = tiny_config()
+    model = bert_flax.BertForMaskedLM(cfg, compiler_options={"xla_backend_optimization_level": 0})
+    inp = random_inputs(cfg, "BertForMaskedLM")
+    f = jax.jit(lambda ids, mask, labels: model(ids, attention_mask=mask, labels=labels).loss)
+    bad = np.where(inp["labels"] == -100, -100, 1000)
+    with pytest.raises(Exception, match=r"labels contains 1000, outside the valid range \[0, 99\)"):
+        f(inp["input_ids"], inp["attention_mask"], bad).block_until_ready()
+    nan_mask = inp["attention_mask"].astype(np.float32)
+    nan_mask[0, 0] = np.nan
+    with pytest.raises(Exception, match="attention_mask contains nan"):
+        f(inp["input_ids"], nan_mask, inp["labels"]).block_until_ready()
+    with pytest.raises(ValueError, match="labels contains -5"):
+        model(**dict(inp, labels=np.full_like(inp["labels"], -5)))

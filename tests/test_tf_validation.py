@@ -92,8 +92,8 @@ def test_other_argument_errors(setup):
         model(input_ids=inp["input_ids"].astype(np.float32))
     with pytest.raises(ValueError, match="not both"):
         model(input_ids=inp["input_ids"], inputs_embeds=np.zeros((2, 7, cfg.hidden_size), np.float32))
-    with pytest.raises(ValueError, match="use_cache=True needs config.is_decoder"):
-        model(**inp, use_cache=True)
+    # use_cache=True on an encoder is ignored (Hugging Face's torch BERT; the contract suite checks all three).
+    assert "past_key_values" not in model(**inp, use_cache=True)
     with pytest.raises(ValueError, match="unknown keys"):
         model({"input_ids": inp["input_ids"], "attention_masks": inp["attention_mask"]})
 
@@ -124,3 +124,38 @@ def test_encoder_mask_shape_eager_and_in_graph():
         dynamic(tf.constant(bad["input_ids"]), tf.constant(bad["encoder_hidden_states"]),
                 tf.constant(bad["encoder_attention_mask"]))
     assert str(shared.value) in traced.value.message
+
+
+def test_compiled_entry_point_checks_on_host_and_user_xla_gives_nan(setup):
+    """XLA has no runtime errors: ``model.checked_xla()`` validates concrete inputs first; a user's own
+    ``tf.function(jit_compile=True)`` turns a bad id or mask value into NaN outputs, never plausible numbers."""
+    cfg, model, _, _ = setup
+    inp = random_inputs(cfg, "BertModel", labels=False)
+    run = model.checked_xla()
+    np.testing.assert_allclose(run(**inp).last_hidden_state.numpy(), model(**inp).last_hidden_state.numpy(),
+                               atol=1e-5)
+    bad = dict(inp, input_ids=inp["input_ids"].copy())
+    bad["input_ids"][0, 0] = cfg.vocab_size + 5
+    with pytest.raises(ValueError) as e:
+        run(**bad)
+    assert str(e.value).startswith(f"input_ids contains {cfg.vocab_size + 5}, outside the valid range")
+    xla = tf.function(lambda ids, m: model(input_ids=ids, attention_mask=m)["last_hidden_state"], jit_compile=True)
+    assert np.isfinite(xla(tf.constant(inp["input_ids"]), tf.constant(inp["attention_mask"])).numpy()).all()
+    assert np.isnan(xla(tf.constant(bad["input_ids"]), tf.constant(inp["attention_mask"])).numpy()).all()
+    two = inp["attention_mask"] * 2
+    assert np.isnan(xla(tf.constant(inp["input_ids"]), tf.constant(two)).numpy()).all()
+
+
+def test_labels_checked_eager_and_in_graph():
+    cfg = tiny_config()
+    model = bert_tf.BertForMaskedLM(cfg)
+    inp = random_inputs(cfg, "BertForMaskedLM")
+    bad = dict(inp, labels=np.where(inp["labels"] == -100, -100, cfg.vocab_size))
+    with pytest.raises(ValueError) as eager:
+        model(**bad)
+    assert str(eager.value).startswith(f"labels contains {cfg.vocab_size}, outside the valid range [0, {cfg.vocab_size})")
+    spec = [tf.TensorSpec([None, None], tf.int64)] * 3
+    graph = tf.function(lambda ids, m, y: model(input_ids=ids, attention_mask=m, labels=y)["loss"], input_signature=spec)
+    with pytest.raises(tf.errors.InvalidArgumentError) as traced:
+        graph(*(tf.constant(bad[k]) for k in ("input_ids", "attention_mask", "labels")))
+    assert str(eager.value) in traced.value.message

@@ -25,6 +25,7 @@ BUILTIN = {
     "convert": "bert_common.cli.convert",
     "export": "bert_common.cli.export",
     "embed": "bert_common.cli.embed",
+    "bench": "bert_common.cli.bench",
     "pretrain-data": "bert_common.cli.pretrain_data",
     "pretrain": "bert_common.cli.pretrain",
     "finetune": "bert_common.cli.finetune",

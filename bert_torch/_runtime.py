@@ -1,0 +1,72 @@
+"""PyTorch plumbing kept out of ``modeling.py``: dtype names, NumPy-to-tensor conversion, and the host-side
+input checks that ``torch.compile`` must not trace (they look at concrete values)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from bert_common.config import BertConfig
+from bert_common.validation import check_inputs, check_labels
+
+# Names accepted wherever a dtype is (``from_pretrained(dtype=...)``, adapters).
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+HALF = (torch.float16, torch.bfloat16)
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype | None:
+    """``None`` | torch dtype | name in ``DTYPES`` -> torch dtype (or None). Raises ValueError otherwise."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and dtype not in (torch.float32,) + HALF:
+            raise ValueError(f"dtype={dtype} is not supported; use one of float32, bfloat16, float16")
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)} or a torch floating dtype")
+
+
+def as_tensor(x: Any, device: torch.device, float_dtype: torch.dtype | None = None) -> Any:
+    """NumPy arrays (and lists) -> tensors on ``device``: integers as int64, floats as ``float_dtype``."""
+    if x is None or isinstance(x, torch.Tensor):
+        return x
+    a = np.asarray(x)
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        return torch.from_numpy(a.astype(np.int64)).to(device)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(device=device, dtype=float_dtype)
+
+
+def as_labels(x: Any, device: torch.device) -> Any:
+    """Labels keep their kind: integer -> int64, float -> float32 (regression, multi-label)."""
+    return as_tensor(x, device, torch.float32)
+
+
+def _host(x: torch.Tensor | None) -> np.ndarray | None:
+    if x is None:
+        return None
+    x = x.detach().cpu()
+    return (x.float() if x.dtype in HALF else x).numpy()
+
+
+@torch.compiler.disable  # data-dependent checks run eagerly; the rest of the forward still compiles
+def validate(config: BertConfig, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
+             past_length: int, encoder_hidden_states, encoder_attention_mask) -> None:
+    if torch.compiler.is_exporting():  # symbolic shapes have no values to check; the artifact's runtime checks
+        return
+    check_inputs(config, input_ids=_host(input_ids), token_type_ids=_host(token_type_ids),
+                 position_ids=_host(position_ids), attention_mask=_host(attention_mask),
+                 inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
+                 past_length=past_length,
+                 encoder_hidden_shape=None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape),
+                 encoder_attention_mask=_host(encoder_attention_mask))
+
+
+@torch.compiler.disable
+def validate_labels(config: BertConfig, model_class: str, labels: dict, input_shape, problem=None) -> None:
+    check_labels(config, model_class, {k: _host(v) for k, v in labels.items()}, input_shape, problem)
+
+
+@torch.compiler.disable
+def all_ones(mask: torch.Tensor) -> bool:
+    return bool(mask.all())
