@@ -172,8 +172,9 @@ def attention_path(config: BertConfig, backend: str, output_attentions: bool, ha
 
 def mask_dtype(eager: bool, compute_dtype: str) -> str:
     """The dtype of the additive mask: eager adds it to fp32 scores (softmax runs in fp32 for every
-    dtype), the fused kernels take it in the activation dtype."""
-    return "float32" if eager else compute_dtype
+    dtype; float64 stays float64, so a float64 reference is float64 throughout), the fused kernels take it
+    in the activation dtype."""
+    return compute_dtype if (not eager or compute_dtype == "float64") else "float32"
 
 
 def relative_distance_index(arange: Callable[[Any], Any], query_length, key_length, past_length,

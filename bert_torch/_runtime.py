@@ -12,7 +12,8 @@ from bert_common.validation import check_inputs, check_labels
 
 # Names accepted wherever a dtype is (``from_pretrained(dtype=...)``, adapters).
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+          "float64": torch.float64}  # float64: the reference the parity suite calibrates on
 HALF = (torch.float16, torch.bfloat16)
 
 

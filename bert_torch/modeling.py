@@ -172,7 +172,8 @@ class BertSelfAttention(nn.Module):
             scores = q @ k.transpose(-1, -2)                                                  # B,N,S,K
             if relative is not None:
                 scores = scores + relative
-            scores = (scores / math.sqrt(self.D)).float()  # softmax accumulates in fp32 for every dtype
+            # softmax accumulates in fp32 for half dtypes (and stays float64 for a float64 reference)
+            scores = (scores / math.sqrt(self.D)).to(torch.promote_types(scores.dtype, torch.float32))
             if attention_mask is not None:
                 scores = scores + attention_mask
             probs = self.dropout(torch.softmax(scores, dim=-1).to(q.dtype))

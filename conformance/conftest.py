@@ -1,20 +1,2 @@
-"""The BERTRIO_NO_SKIP switch for ``pytest --pyargs conformance`` (as in tests/conftest.py)."""
-from __future__ import annotations
-
-import pytest
-
-from bert_common.testing import promote_missing_skip
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
-    promote_missing_skip(report)
-    return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector):
-    report = yield
-    promote_missing_skip(report)
-    return report
+"""The BERTRIO_NO_SKIP switch for ``pytest --pyargs conformance`` (conformance/pytest_hooks.py)."""
+from conformance.pytest_hooks import pytest_make_collect_report, pytest_runtest_makereport  # noqa: F401

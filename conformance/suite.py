@@ -113,6 +113,10 @@ class Result:
                             for d in self.diffs]}
 
 
+# Inputs indexed by layer, not by batch row: kept whole when a case is cut into its rows.
+PER_LAYER_INPUTS = ("head_mask",)
+
+
 @dataclasses.dataclass
 class Case:
     model_class: str
@@ -140,6 +144,7 @@ class Runner:
         self.seconds: dict[str, float] = {b: 0.0 for b in backends}
         self._handles: dict[tuple, Any] = {}
         self._memo: dict[tuple, Any] = {}
+        self._row_magnitudes: dict[int, dict[str, np.ndarray]] = {}
 
     def handle(self, backend: str, case: Case, dtype: str = "float32"):
         key = (backend, id(case), dtype)
@@ -151,6 +156,7 @@ class Runner:
         return self._handles[key]
 
     def release(self, case: Case) -> None:
+        self._row_magnitudes.pop(id(case), None)
         for key in [k for k in self._handles if k[1] == id(case)]:
             del self._handles[key]
         for key in [k for k in self._memo if k[1] == id(case)]:
@@ -224,6 +230,14 @@ class Runner:
             scale = max((n.truth_max for n in noise.values() if np.isfinite(n.truth_max)), default=0.0)
             noise = {p: dataclasses.replace(n, floor=unit * scale) if n.truth_max <= unit * scale else n
                      for p, n in noise.items()}
+            # A gradient is a sum over the batch rows; where the rows' contributions cancel (a 2-class
+            # bias: +0.5 and -0.5 summing to 0.003), fp32 costs the sum one rounding of its *summands*, not
+            # of the result. One fp32 sample can land far closer than that by luck (torch: 1.6e-10 from
+            # the float64 truth on MiniLM's NSP bias, TF and Flax 3e-8), so the floor is computed from the
+            # float64 per-row gradients: unit * RMS(sum_i |g_i| / B).
+            summands = self._row_gradient_magnitudes(case)
+            noise = {p: dataclasses.replace(n, floor=max(n.floor, unit * float(np.sqrt(np.mean(summands[p] ** 2)))))
+                     if p in summands and summands[p].size else n for p, n in noise.items()}
         elif kind == "step":
             h = {**ADAMW, **hyper}
             g_noise = self.noise(case, "grads", dtype)
@@ -237,6 +251,26 @@ class Runner:
                 gain = h["lr"] * h["eps"] / (np.abs(np.asarray(g, np.float64)) + h["eps"]) ** 2
                 noise[p] = dataclasses.replace(n, floor=float(np.max(gain)) * sigma_g)
         return noise
+
+    def _row_gradient_magnitudes(self, case: Case) -> dict[str, np.ndarray]:
+        """{"grad.<name>": sum_i |g_i| / B}: the float64 gradients of each batch row on its own (the truth
+        backend, batch of one), the size of the summands the batch gradient adds up. Memoised per case."""
+        if id(case) not in self._row_magnitudes:
+            rows = int(np.shape(case.inputs["input_ids"])[0])
+            total: dict[str, np.ndarray] = {}
+            for i in range(rows):
+                inputs = {k: (np.asarray(v)[i:i + 1] if k not in PER_LAYER_INPUTS and v is not None
+                              and np.ndim(v) >= 1 and np.shape(v)[0] == rows else v)
+                          for k, v in case.inputs.items()}
+                row_case = dataclasses.replace(case, inputs=inputs)
+                flat, _ = self.result(self.truth, row_case, "float64", "grads")
+                self.release(row_case)
+                for k, g in flat.items():
+                    if k.startswith("grad."):
+                        # a row with no labelled token has no loss (NaN): it adds nothing
+                        total[k] = total.get(k, 0.0) + np.nan_to_num(np.abs(np.asarray(g, np.float64))) / rows
+            self._row_magnitudes[id(case)] = total
+        return self._row_magnitudes[id(case)]
 
     # ------------------------------------------------------------------ checks
     def forward(self, case: Case, dtype: str = "float32") -> list[Result]:

@@ -3,25 +3,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# The Hugging Face oracles (transformers, sentence-transformers) are used through their torch classes; their
+# TF half needs tf-keras, which is not installed (Keras 3 is). Set before any test imports transformers.
+os.environ.setdefault("USE_TF", "0")
 
-from bert_common.testing import promote_missing_skip
+import pytest  # noqa: E402
 
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    """With BERTRIO_NO_SKIP=1 a skip for a missing backend or oracle fails (bert_common.testing)."""
-    report = yield
-    promote_missing_skip(report)
-    return report
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector):
-    """The same for a whole module skipped at import (``pytest.importorskip`` at module level)."""
-    report = yield
-    promote_missing_skip(report)
-    return report
+from conformance.pytest_hooks import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
