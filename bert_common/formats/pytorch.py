@@ -129,16 +129,7 @@ def load_file(path: str, config: BertConfig | None = None, expected: Mapping | N
 
 def read(path: str, config: BertConfig | None = None, **_: object) -> dict[str, np.ndarray]:
     """Canonical state dict from a directory (single or sharded), a ``.bin`` file or a shard index."""
-    if os.path.isdir(path):
-        single = os.path.join(path, WEIGHTS_NAME)
-        path = single if os.path.isfile(single) else os.path.join(path, INDEX_NAME)
-    if not path.endswith(".index.json"):
-        return load_file(path, config)
-    merged = shards.ShardedRead(path)
-    expected = expected_shapes(config) if config is not None else None
-    for file in merged.files:
-        merged.add(file, load_file(file, config, expected=expected))
-    return merged.result()
+    return shards.read_canonical(path, WEIGHTS_NAME, INDEX_NAME, load_file, expected_shapes, config)
 
 
 def _tensor(arr: np.ndarray):

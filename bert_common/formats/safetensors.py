@@ -194,16 +194,7 @@ def save_file(tensors: Mapping[str, np.ndarray], path: str | os.PathLike,
 # ---------------------------------------------------------------------------------------------- format
 def read(path: str, config: BertConfig | None = None, **_: object) -> dict[str, np.ndarray]:
     """Canonical state dict from a directory (single or sharded), a ``.safetensors`` file or an index."""
-    if os.path.isdir(path):
-        single = os.path.join(path, WEIGHTS_NAME)
-        path = single if os.path.isfile(single) else os.path.join(path, INDEX_NAME)
-    if not path.endswith(".index.json"):
-        return load_file(path, config)
-    merged = shards.ShardedRead(path)
-    expected = expected_shapes(config) if config is not None else None
-    for file in merged.files:
-        merged.add(file, load_file(file, config, expected=expected))
-    return merged.result()
+    return shards.read_canonical(path, WEIGHTS_NAME, INDEX_NAME, load_file, expected_shapes, config)
 
 
 def write(directory: str, config: BertConfig | None, state: Mapping[str, np.ndarray], shard_size=None,

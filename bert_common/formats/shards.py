@@ -177,5 +177,23 @@ class ShardedWrite:
         return self.names + [write_index(self.directory, self.weights_name, weight_map, sum(self._sizes.values()))]
 
 
-__all__ = ["parse_size", "plan", "shard_file", "index_name", "write_index", "read_index", "ShardedRead",
+__all__ = ["read_canonical", "parse_size", "plan", "shard_file", "index_name", "write_index", "read_index", "ShardedRead",
            "ShardedWrite"]
+
+
+def read_canonical(path: str, weights_name: str, index_name: str, load_file: Callable, expected_shapes,
+                   config=None) -> dict:
+    """A canonically named format's state dict from a directory (single file or shards), one weight file
+    or a shard index: the read both safetensors and pytorch share. ``load_file(file, config, expected=...)``
+    reads one file; ``expected_shapes(config)`` gives the shapes each shard is checked against."""
+    if os.path.isdir(path):
+        single = os.path.join(path, weights_name)
+        path = single if os.path.isfile(single) else os.path.join(path, index_name)
+    if not path.endswith(".index.json"):
+        return load_file(path, config)
+    merged = ShardedRead(path)
+    expected = expected_shapes(config) if config is not None else None
+    for file in merged.files:
+        merged.add(file, load_file(file, config, expected=expected))
+    return merged.result()
+
