@@ -33,7 +33,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bert_common.pretrained import canonical_from_backend  # noqa: E402
-from bert_common.training import (CLIP_EPS, TrainingArguments, TrainState, decays, lr_at,  # noqa: E402
+from bert_common.training import (CE_LOSS_TERMS, CLIP_EPS, TrainingArguments, TrainState, decays, lr_at,  # noqa: E402
                                   split_batch)
 from bert_common.weights import canonical_shapes, scheme_path, to_scheme  # noqa: E402
 
@@ -295,15 +295,14 @@ def _span(out, b, n, config):
     return (_ce_sum(out["start_logits"], start, S) + _ce_sum(out["end_logits"], end, S)) / (2.0 * n["rows"])
 
 
+def _ce_terms(terms):
+    """A loss function summing ``CE_LOSS_TERMS`` rows: sum(CE over the shard) / global count each."""
+    return lambda o, b, n, c: sum(_ce_sum(o[field], b[label]) / n[norm] for field, label, norm in terms)
+
+
 # model class -> shard contribution (outputs, shard tensors, global counts, config) -> () fp32
 LOSSES: dict[str, Callable[..., Any]] = {
-    "BertForPreTraining": lambda o, b, n, c: (_ce_sum(o["prediction_logits"], b["labels"]) / n["tokens"]
-                                              + _ce_sum(o["seq_relationship_logits"], b["next_sentence_label"])
-                                              / n["rows"]),
-    "BertForMaskedLM": lambda o, b, n, c: _ce_sum(o["logits"], b["labels"]) / n["tokens"],
-    "BertForTokenClassification": lambda o, b, n, c: _ce_sum(o["logits"], b["labels"]) / n["tokens"],
-    "BertForNextSentencePrediction": lambda o, b, n, c: _ce_sum(o["logits"], b["labels"]) / n["rows"],
-    "BertForMultipleChoice": lambda o, b, n, c: _ce_sum(o["logits"], b["labels"]) / n["rows"],
+    **{cls: _ce_terms(terms) for cls, terms in CE_LOSS_TERMS.items()},
     "BertForSequenceClassification": _sequence_classification,
     "BertForQuestionAnswering": _span,
 }

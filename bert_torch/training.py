@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bert_common.training import (TrainingArguments, TrainState, decays, dropout_seed, loss_normalizers, lr_at,
+from bert_common.training import (CE_LOSS_TERMS, TrainingArguments, TrainState, decays, dropout_seed, loss_normalizers, lr_at,
                                   split_batch)
 
 IGNORE_INDEX = -100
@@ -65,14 +65,13 @@ def _span(out, b, n, config) -> torch.Tensor:
 
 
 # model class -> shard contribution (outputs, shard tensors, global counts, config) -> scalar fp32 tensor
+def _ce_terms(terms):
+    """A loss function summing ``CE_LOSS_TERMS`` rows: sum(CE over the shard) / global count each."""
+    return lambda o, b, n, c: sum(_ce_sum(o[field], b[label]) / n[norm] for field, label, norm in terms)
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "BertForPreTraining": lambda o, b, n, c: (_ce_sum(o.prediction_logits, b["labels"]) / n["tokens"]
-                                              + _ce_sum(o.seq_relationship_logits, b["next_sentence_label"])
-                                              / n["rows"]),
-    "BertForMaskedLM": lambda o, b, n, c: _ce_sum(o.logits, b["labels"]) / n["tokens"],
-    "BertForTokenClassification": lambda o, b, n, c: _ce_sum(o.logits, b["labels"]) / n["tokens"],
-    "BertForNextSentencePrediction": lambda o, b, n, c: _ce_sum(o.logits, b["labels"]) / n["rows"],
-    "BertForMultipleChoice": lambda o, b, n, c: _ce_sum(o.logits, b["labels"]) / n["rows"],
+    **{cls: _ce_terms(terms) for cls, terms in CE_LOSS_TERMS.items()},
     "BertForSequenceClassification": _sequence_classification,
     "BertForQuestionAnswering": _span,
 }

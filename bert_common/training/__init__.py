@@ -136,6 +136,19 @@ def loss_normalizers(batch: Mapping[str, np.ndarray]) -> dict[str, int]:
     return {"tokens": max(tokens, 1), "rows": rows}
 
 
+# Which cross-entropy terms each head's training loss sums, as data: (output field, label key, normaliser of
+# ``loss_normalizers``). Each backend's trainer turns a row into sum(CE over the shard) / global count.
+# Sequence classification (problem_type) and question answering (clamped spans) have their own rules.
+CE_LOSS_TERMS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "BertForPreTraining": (("prediction_logits", "labels", "tokens"),
+                           ("seq_relationship_logits", "next_sentence_label", "rows")),
+    "BertForMaskedLM": (("logits", "labels", "tokens"),),
+    "BertForTokenClassification": (("logits", "labels", "tokens"),),
+    "BertForNextSentencePrediction": (("logits", "labels", "rows"),),
+    "BertForMultipleChoice": (("logits", "labels", "rows"),),
+}
+
+
 def split_batch(batch: Mapping[str, np.ndarray], parts: int) -> list[dict[str, np.ndarray]]:
     """Cut a batch into ``parts`` consecutive row blocks of equal size (B must divide by ``parts``).
 
@@ -212,5 +225,5 @@ class Trainer(Protocol):
         """Restore weights, moments and step (from any backend's ``get_state``)."""
 
 
-__all__ = ["loss_normalizers", "split_batch", "clip_coefficient", "CLIP_EPS", "dropout_seed", "TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
+__all__ = ["CE_LOSS_TERMS", "loss_normalizers", "split_batch", "clip_coefficient", "CLIP_EPS", "dropout_seed", "TrainingArguments", "PRETRAIN_DEFAULTS", "FINETUNE_DEFAULTS", "lr_at", "decays", "TrainState",
            "Trainer", "MOMENT_PREFIXES", "CHECKPOINT_PREFIX"]
