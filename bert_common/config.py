@@ -29,7 +29,7 @@ ACTIVATIONS = {
 }
 POSITION_EMBEDDING_TYPES = ("absolute", "relative_key", "relative_key_query")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "varlen")
 
 # name -> default. Order is the order written to config.json (after HF's generic keys).
 _DEFAULTS: dict[str, Any] = {

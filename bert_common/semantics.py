@@ -166,8 +166,38 @@ def attention_path(config: BertConfig, backend: str, output_attentions: bool, ha
     if impl == "eager":
         return True, None
     if output_attentions or has_head_mask:
-        return True, _FALLBACK_MESSAGE
+        # varlen computes probabilities itself when asked (explicit scores per block / segment mask)
+        return True, None if impl == "varlen" else _FALLBACK_MESSAGE
     return False, None
+
+
+# ------------------------------------------------------------------------------------------ varlen
+# How ``attn_implementation="varlen"`` runs (see ``bert_common.varlen``): "unpad" packs the kept tokens on
+# the host and runs every dense layer on them; "segments" keeps the padded layout with an in-graph segment
+# mask (inputs the host cannot see, or attention probabilities requested in the padded (B, N, S, S) layout).
+VARLEN_MODES = ("unpad", "segments")
+# Inputs varlen does not combine with: it confines self-attention to sequences of one row; a cache or
+# encoder states belong to whole rows.
+_VARLEN_EXCLUDES = ("encoder_hidden_states", "past_key_values")
+
+
+def varlen_mode(config: BertConfig, concrete: bool, output_attentions: bool, given: Mapping[str, Any] = {}
+                ) -> str | None:
+    """None unless ``config.attn_implementation == "varlen"``; then "unpad" or "segments" (see above).
+    ``given``: the call's inputs by name (None = not given); a cache or encoder states are a ValueError."""
+    if config.attn_implementation != "varlen":
+        return None
+    for name in _VARLEN_EXCLUDES:
+        if given.get(name) is not None:
+            raise ValueError(f"{name} cannot be used with attn_implementation='varlen' (attention is confined "
+                             f"to the sequences of each row); use 'eager' or 'sdpa' for this call")
+    return "unpad" if concrete and not output_attentions else "segments"
+
+
+def packed_rows(config: BertConfig, position_ids: Any) -> bool:
+    """True when rows may hold several sequences: varlen with explicit ``position_ids``. The row may then
+    be longer than ``max_position_embeddings`` (positions restart per sequence and are range-checked)."""
+    return config.attn_implementation == "varlen" and position_ids is not None
 
 
 def mask_dtype(eager: bool, compute_dtype: str) -> str:

@@ -44,12 +44,13 @@ def _first_bad(a: np.ndarray, limit: int):
 
 def check_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, position_ids=None,
                  attention_mask=None, inputs_embeds_shape=None, past_length: int = 0,
-                 encoder_hidden_shape=None, encoder_attention_mask=None) -> None:
+                 encoder_hidden_shape=None, encoder_attention_mask=None, packed: bool = False) -> None:
     """Validate concrete inputs (NumPy arrays or anything ``np.asarray`` accepts). Raises ValueError.
 
     Shapes (after multiple choice is flattened): ids (B, S) integer, ``inputs_embeds`` (B, S, H), masks
     (B, past + S) holding only 0 and 1. A 1-D ``input_ids``, a zero-length sequence, a mask value other
     than 0/1 (NaN included) are refused like out-of-range ids: a ValueError naming the argument.
+    ``packed=True`` (varlen rows of several sequences with explicit position ids) lifts the row-length limit.
     """
     limits = input_limits(config)
     arrays = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
@@ -76,7 +77,9 @@ def check_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, pos
     seq = base_shape[-1] if base_shape else 0
     if seq == 0:
         raise ValueError(empty_message("input_ids" if input_ids is not None else "inputs_embeds", base_shape))
-    if seq + past_length > config.max_position_embeddings:
+    # Packed rows (``semantics.packed_rows``) restart their positions per sequence: the limit then holds for
+    # the position ids, which were range-checked above, not for the row.
+    if not packed and seq + past_length > config.max_position_embeddings:
         raise ValueError(length_message("input_ids" if input_ids is not None else "inputs_embeds", seq,
                                         past_length, config.max_position_embeddings))
     if attention_mask is not None:
