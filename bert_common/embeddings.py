@@ -5,9 +5,11 @@ whatever the backend (torch, tf, flax): the model is called with NumPy inputs an
 ``last_hidden_state`` (B, S, H) is pooled on the host in float32.
 
 Batching: texts are tokenised once (truncated to ``max_length``), sorted by length, and cut into batches
-whose padded size (rows × longest row) stays within ``batch_tokens``; results go back to input order.
-Sorting keeps padding per batch small, and a token budget (rather than a fixed row count) keeps every
-batch about the same cost: short texts come many to a batch, long ones few.
+of at most ``batch_tokens`` real tokens; results go back to input order. The model runs unpadded
+(``attn_implementation="varlen"``, see ``bert_common.varlen``): its dense layers see real tokens only
+and attention runs per sequence, so neither the batch's padding nor its shape costs anything. A token
+budget (rather than a fixed row count) keeps every batch about the same cost; sorting keeps each
+attention block's padding small. ``unpadded=False`` runs padded batches (rows × longest ≤ budget).
 
 Pooling (sentence-transformers' definitions, so that the numbers match its ``encode``):
 
@@ -28,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 POOLINGS = ("mean", "cls", "max")
-DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_BATCH_TOKENS = 2048  # real tokens per forward; see docs/performance.md for the measurement
 
 # How each backend runs a forward with no autograd bookkeeping (none needed where the framework records
 # gradients only when asked: TF outside a GradientTape, JAX outside jax.grad).
@@ -68,19 +70,39 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
 
 
-def plan_batches(lengths: Sequence[int], batch_tokens: int) -> list[np.ndarray]:
-    """Indices grouped into batches: sorted by length (longest first, stable), each batch's rows × its
-    longest length ≤ ``batch_tokens`` (a single row longer than the budget gets a batch of its own)."""
-    if not isinstance(batch_tokens, int) or batch_tokens < 1:
+def plan_batches(lengths: Sequence[int], batch_tokens: int, unpadded: bool = False) -> list[np.ndarray]:
+    """Indices grouped into batches, sorted by length (longest first, stable). A batch costs rows × its
+    longest length (padded execution) or the sum of its lengths (``unpadded``: the model drops padding);
+    each batch costs ≤ ``batch_tokens`` (a single row longer than the budget gets a batch of its own)."""
+    if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
     batches, start = [], 0
     while start < len(order):
-        longest = int(lengths[order[start]])               # sorted descending: the first row is the longest
-        rows = max(1, batch_tokens // max(longest, 1))
+        if unpadded:
+            spent = np.cumsum(np.maximum(lengths[order[start:]], 1))
+            rows = max(1, int(np.searchsorted(spent, batch_tokens, side="right")))
+        else:
+            longest = int(lengths[order[start]])           # sorted descending: the first row is the longest
+            rows = max(1, batch_tokens // max(longest, 1))
         batches.append(order[start:start + rows])
         start += rows
     return batches
+
+
+@contextlib.contextmanager
+def attention_implementation(model: Any, impl: str | None):
+    """Run ``model`` with ``config.attn_implementation = impl`` inside the block (every backend reads it
+    per call), restoring the previous value after. ``None`` leaves the model as it is."""
+    config = model.config
+    previous = config.attn_implementation
+    if impl is not None:
+        config.attn_implementation = impl
+    try:
+        yield model
+    finally:
+        config.attn_implementation = previous
 
 
 def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,26 +117,32 @@ def pad_rows(rows: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray
 
 
 def encode_ids(model: Any, ids: Sequence[Sequence[int]], *, pooling: str = "mean", normalize: bool = False,
-               batch_tokens: int = DEFAULT_BATCH_TOKENS, pad_token_id: int = 0,
+               batch_tokens: int = DEFAULT_BATCH_TOKENS, pad_token_id: int = 0, unpadded: bool = True,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Token-id lists (with [CLS]/[SEP]) -> (N, H) float32 embeddings, in input order."""
+    """Token-id lists (with [CLS]/[SEP]) -> (N, H) float32 embeddings, in input order.
+
+    ``unpadded`` (default) runs the model with ``attn_implementation="varlen"``: every dense layer sees
+    only real tokens, so a batch is cut by its real tokens; ``False`` runs the model's own attention on
+    padded batches (rows × longest ≤ ``batch_tokens``).
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
     hidden_size = int(model.config.hidden_size)
     out = np.zeros((len(ids), hidden_size), dtype=np.float32)
-    for batch in plan_batches([len(r) for r in ids], batch_tokens):
-        input_ids, mask = pad_rows([list(ids[i]) for i in batch], pad_token_id)
-        with inference_context(model):
-            hidden = model(input_ids=input_ids, attention_mask=mask,
-                           token_type_ids=np.zeros_like(input_ids)).last_hidden_state
-        out[batch] = pool(_host(hidden), mask, pooling)
-        if progress is not None:
-            progress(len(batch))
+    with attention_implementation(model, "varlen" if unpadded else None):
+        for batch in plan_batches([len(r) for r in ids], batch_tokens, unpadded):
+            input_ids, mask = pad_rows([list(ids[i]) for i in batch], pad_token_id)
+            with inference_context(model):
+                hidden = model(input_ids=input_ids, attention_mask=mask,
+                               token_type_ids=np.zeros_like(input_ids)).last_hidden_state
+            out[batch] = pool(_host(hidden), mask, pooling)
+            if progress is not None:
+                progress(len(batch))
     return normalize_rows(out) if normalize else out
 
 
 def encode(model: Any, tokenizer: Any, texts: Sequence[str], *, pooling: str = "mean", normalize: bool = False,
-           max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+           max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, unpadded: bool = True,
            progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Embed ``texts`` with a ``BertModel`` of any backend -> (len(texts), H) float32, in input order.
 
@@ -128,7 +156,7 @@ def encode(model: Any, tokenizer: Any, texts: Sequence[str], *, pooling: str = "
             raise ValueError(f"texts[{i}] must be a str, got {type(t).__name__}")
     ids, _ = tokenize(tokenizer, texts, resolve_max_length(model, tokenizer, max_length))
     return encode_ids(model, ids, pooling=pooling, normalize=normalize, batch_tokens=batch_tokens,
-                      pad_token_id=int(tokenizer.pad_token_id), progress=progress)
+                      pad_token_id=int(tokenizer.pad_token_id), unpadded=unpadded, progress=progress)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
@@ -225,4 +253,4 @@ def count_lines(path: str) -> int:
 
 
 __all__ = ["encode", "encode_ids", "tokenize", "checkpoint_defaults", "pool", "normalize_rows", "plan_batches", "read_lines", "count_lines",
-           "resolve_max_length", "pad_rows", "inference_context", "POOLINGS"]
+           "resolve_max_length", "pad_rows", "inference_context", "attention_implementation", "POOLINGS"]

@@ -6,7 +6,10 @@ that machine load hits all of them alike:
 ==================  ==========================================================================================
 ours-padded         ``BertModel`` of ``--backend`` on batches of ``--batch-size`` texts in input order, padded to
                     the longest (what Hugging Face users do by default)
-ours-encode         ``bert_common.embeddings.encode``: length-sorted, token-budget batches (``--batch-tokens``)
+ours-varlen         the same input-order batches with ``attn_implementation="varlen"``: the model drops the
+                    padding itself (dense layers on real tokens, attention per sequence)
+ours-encode         ``bert_common.embeddings.encode``: length-sorted batches of ``--batch-tokens`` real
+                    tokens, run unpadded (``varlen``)
 hf-padded           transformers' torch ``BertModel`` (its default attention) on the same padded batches
                     (only when transformers is installed; benchmark-only oracle)
 st-encode           sentence-transformers' ``encode`` with ``--batch-size`` (only when installed)
@@ -40,11 +43,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="text file, one text per line (default: Python standard library docstrings)")
     p.add_argument("--limit", type=int, default=2000, help="use the first N texts (default 2000)")
     p.add_argument("--batch-size", type=int, default=32, help="texts per padded batch (default 32)")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="token budget of the encode path")
+    p.add_argument("--batch-tokens", type=int, default=2048,
+                   help="real tokens per forward of the encode path (default 2048, as bertrio embed)")
     p.add_argument("--max-length", type=int, default=256, help="truncate texts to this many tokens (default 256)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
     p.add_argument("--fixed", nargs=2, type=int, metavar=("B", "S"), help="time a same-shape forward instead")
+    p.add_argument("--base-size", action="store_true",
+                   help="with --fixed: randomly initialised BERT-base shapes (12 layers, hidden 768, 12 heads, "
+                        "intermediate 3072; vocab and limits of the checkpoint) instead of the checkpoint's weights")
 
 
 def default_corpus(limit: int) -> list[str]:
@@ -85,13 +92,14 @@ def run(args: argparse.Namespace) -> int:
     if args.device == "gpu":
         raise ValueError("--device gpu: this build measures on CPU only (no GPU runtime was available to test it)")
     backend = args.backend or get_backend()
+    os.environ.setdefault("USE_TF", "0")  # transformers' TF half needs tf-keras; only its torch classes are used
+    if args.base_size and not args.fixed:
+        raise ValueError("--base-size applies to --fixed B S only")
+    if args.fixed:
+        return _bench_fixed(path, args, backend)
     model = backend_module(backend).BertModel.from_pretrained(path)
     tok = BertTokenizerFast.from_pretrained(path)
-    os.environ.setdefault("USE_TF", "0")  # transformers' TF half needs tf-keras; only its torch classes are used
     peers = _load_peers(path)
-
-    if args.fixed:
-        return _bench_fixed(model, peers, args, backend)
 
     if args.input:
         texts = [t for chunk in embeddings.read_lines(args.input) for t in chunk][:args.limit]
@@ -104,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     padded = sum(b[0].size for b in batches)
     methods = {
         "ours-padded": lambda: [_forward(model, b) for b in batches],
+        "ours-varlen": lambda: [_forward(model, b, "varlen") for b in batches],
         "ours-encode": lambda: embeddings.encode_ids(model, ids, batch_tokens=args.batch_tokens,
                                                      pad_token_id=int(tok.pad_token_id)),
     }
@@ -131,11 +140,13 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _forward(model, batch):
-    from bert_common.embeddings import inference_context
+def _forward(model, batch, attn_implementation=None):
+    """One forward, its output brought to the host as NumPy: JAX (and TF on a device) return before the
+    work is done, so a timing that stops at the call would measure dispatch, not compute."""
+    from bert_common.embeddings import _host, attention_implementation, inference_context
     ids, mask = batch
-    with inference_context(model):
-        return model(input_ids=ids, attention_mask=mask, token_type_ids=ids * 0).last_hidden_state
+    with attention_implementation(model, attn_implementation), inference_context(model):
+        return _host(model(input_ids=ids, attention_mask=mask, token_type_ids=ids * 0).last_hidden_state)
 
 
 def _load_peers(path: str) -> dict:
@@ -160,20 +171,51 @@ def _hf_forward(model, batch):
     ids, mask = batch
     with torch.inference_mode():
         return model(input_ids=torch.from_numpy(ids.astype("int64")),
-                     attention_mask=torch.from_numpy(mask.astype("int64"))).last_hidden_state
+                     attention_mask=torch.from_numpy(mask.astype("int64"))).last_hidden_state.numpy()
 
 
-def _bench_fixed(model, peers, args, backend) -> int:
+# BERT-base's shape (Devlin et al. 2019); weights are random, which does not change a timing.
+BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+
+
+def _bench_fixed(path, args, backend) -> int:
+    """Same-shape forward of ours (``--backend``), Hugging Face's torch BERT and, for TF and Flax, ours in
+    torch (the issue's yardstick for TF), interleaved, median of >= 5 runs."""
     import numpy as np
+
+    from bert_common.backend import backend_module
+    from bert_common.config import BertConfig
+
     b, s = args.fixed
-    if b < 1 or not 1 <= s <= model.config.max_position_embeddings:
-        raise ValueError(f"--fixed B S: need B >= 1 and 1 <= S <= {model.config.max_position_embeddings}, got {b} {s}")
+    config = BertConfig.from_pretrained(path)
+    if args.base_size:
+        config = BertConfig.from_dict({**config.to_dict(), **BASE_SHAPE})
+    if b < 1 or not 1 <= s <= config.max_position_embeddings:
+        raise ValueError(f"--fixed B S: need B >= 1 and 1 <= S <= {config.max_position_embeddings}, got {b} {s}")
+
+    def ours(name):
+        cls = backend_module(name).BertModel
+        return cls(config) if args.base_size else cls.from_pretrained(path)
+
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, model.config.vocab_size, size=(b, s)).astype(np.int32)
-    mask = np.ones_like(ids)
-    methods = {"ours": lambda: _forward(model, (ids, mask))}
-    if "hf" in peers:
-        methods["hf"] = lambda: _hf_forward(peers["hf"], (ids, mask))
+    ids = rng.integers(1000, config.vocab_size, size=(b, s)).astype(np.int32)
+    batch = (ids, np.ones_like(ids))
+    model = ours(backend)
+    methods = {"ours": lambda: _forward(model, batch)}
+    if backend != "torch":
+        try:
+            torch_model = ours("torch")
+            methods["ours-torch"] = lambda: _forward(torch_model, batch)
+        except ImportError:
+            pass
+    try:
+        import torch  # noqa: F401
+        from transformers import BertConfig as HFConfig, BertModel as HFBertModel
+        hf = (HFBertModel(HFConfig(**config.to_dict())) if args.base_size
+              else HFBertModel.from_pretrained(path)).eval()
+        methods["hf"] = lambda: _hf_forward(hf, batch)
+    except ImportError:
+        print("bertrio bench: transformers (torch) not installed; no hf figure", file=sys.stderr)
     for fn in methods.values():
         fn()
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -183,8 +225,9 @@ def _bench_fixed(model, peers, args, backend) -> int:
             fn()
             times[name].append(time.perf_counter() - t0)
     med = {m: statistics.median(t) for m, t in times.items()}
-    print(f"same-shape forward {b}x{s}, backend {backend}, median of {len(times['ours'])} interleaved runs")
+    shape = "BERT-base shapes, random weights" if args.base_size else os.path.basename(os.path.normpath(path))
+    print(f"same-shape forward {b}x{s} ({shape}), backend {backend}, median of {len(times['ours'])} interleaved runs")
     for name, t in med.items():
-        ratio = f"{t / med['hf']:.3f}x hf time" if "hf" in med else ""
-        print(f"{name:<6} {t * 1000:9.2f} ms  {ratio}")
+        ratios = [f"{t / med[ref]:.3f}x {ref} time" for ref in ("hf", "ours-torch") if ref in med and ref != name]
+        print(f"{name:<10} {t * 1000:9.2f} ms  {'  '.join(ratios)}")
     return EXIT_OK

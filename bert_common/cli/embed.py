@@ -28,8 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="truncate texts to this many tokens (default: the checkpoint's sentence-transformers "
                         "max_seq_length, else the model's maximum)")
-    p.add_argument("--batch-tokens", type=int, default=16384,
-                   help="padded tokens per forward (rows x longest row), default 16384")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="real tokens per forward (the model runs unpadded), default 2048")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"INPUT {args.input} not found")
+    if args.batch_tokens is None:
+        args.batch_tokens = embeddings.DEFAULT_BATCH_TOKENS
     if args.batch_tokens < 1:
         raise ValueError(f"--batch-tokens must be a positive integer, got {args.batch_tokens}")
     if not args.output.endswith(".npy"):
