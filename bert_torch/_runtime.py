@@ -1,11 +1,15 @@
-"""PyTorch plumbing kept out of ``modeling.py``: dtype names, NumPy-to-tensor conversion, and the host-side
-input checks that ``torch.compile`` must not trace (they look at concrete values)."""
+"""PyTorch plumbing kept out of ``modeling.py``: dtype names, NumPy-to-tensor conversion, the host-side
+input checks that ``torch.compile`` must not trace (they look at concrete values), and construction on the
+meta device. None of it imports ``torch._dynamo`` before something is compiled (see ``eager_only``)."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import functools
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from bert_common.config import BertConfig
 from bert_common.validation import check_inputs, check_labels
@@ -50,9 +54,27 @@ def _host(x: torch.Tensor | None) -> np.ndarray | None:
     return (x.float() if x.dtype in HALF else x).numpy()
 
 
-@torch.compiler.disable  # data-dependent checks run eagerly; the rest of the forward still compiles
+def eager_only(fn: Callable) -> Callable:
+    """``torch.compiler.disable`` (Dynamo never traces ``fn``; a compiled forward calls it eagerly, across a
+    graph break) without importing Dynamo: ``torch.compiler.disable`` imports ``torch._dynamo`` when it
+    decorates, ~2.4 s, as long as ``import torch`` itself. Outside a compile ``fn`` is called directly:
+    ``torch.compiler.is_compiling()`` is a plain flag read, and nothing can be compiling before Dynamo is
+    imported. While Dynamo traces (the flag folds to True) the call goes to ``torch._disable_dynamo(fn)``,
+    PyTorch's own lazily-importing form of the same decorator, which Dynamo skips, so ``fn`` runs eagerly
+    exactly as under ``torch.compiler.disable`` (same graphs, same one break per call site)."""
+    disabled = torch._disable_dynamo(fn)  # builds a wrapper; imports Dynamo only when that wrapper is called
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return disabled(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return call
+
+
+@eager_only  # data-dependent checks run eagerly; the rest of the forward still compiles
 def validate(config: BertConfig, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds,
-             past_length: int, encoder_hidden_states, encoder_attention_mask) -> None:
+             past_length: int, encoder_hidden_states, encoder_attention_mask, packed: bool = False) -> None:
     if torch.compiler.is_exporting():  # symbolic shapes have no values to check; the artifact's runtime checks
         return
     check_inputs(config, input_ids=_host(input_ids), token_type_ids=_host(token_type_ids),
@@ -60,14 +82,36 @@ def validate(config: BertConfig, input_ids, token_type_ids, position_ids, attent
                  inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
                  past_length=past_length,
                  encoder_hidden_shape=None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape),
-                 encoder_attention_mask=_host(encoder_attention_mask))
+                 encoder_attention_mask=_host(encoder_attention_mask), packed=packed)
 
 
-@torch.compiler.disable
+@eager_only
 def validate_labels(config: BertConfig, model_class: str, labels: dict, input_shape, problem=None) -> None:
     check_labels(config, model_class, {k: _host(v) for k, v in labels.items()}, input_shape, problem)
 
 
-@torch.compiler.disable
+@eager_only
 def all_ones(mask: torch.Tensor) -> bool:
     return bool(mask.all())
+
+
+class _SkipMetaInit(TorchFunctionMode):
+    """Returns meta tensors from ``torch.nn.init`` functions untouched. Layer constructors still call them
+    under ``torch.device("meta")``; on meta tensors they run PyTorch's Python reference kernels, whose
+    wrappers import Dynamo (~2.4 s) on first use, to compute nothing (meta tensors hold no values)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_device() -> Iterator[None]:
+    """``torch.device("meta")`` without the random init the layers' constructors would run: modules built
+    inside hold meta parameters (no storage) to be materialised with ``to_empty`` and filled by the caller."""
+    with torch.device("meta"), _SkipMetaInit():
+        yield

@@ -4,23 +4,23 @@ Read top to bottom: helpers, embeddings, attention, layer, encoder, pooler, the 
 A canonical state dict (Hugging Face PyTorch names, ``bert_common.weights``) loads by name because every
 sub-module is called what the checkpoint calls it (``encoder.layer.3.attention.self.query``). Every rule
 that is not a tensor operation (labels, cache, head mask, multiple choice, attention path) comes from
-``bert_common.semantics``; host-side plumbing lives in ``bert_torch._runtime``.
+``bert_common.semantics``; plumbing lives in ``bert_torch._runtime`` (host checks, conversions),
+``bert_torch._base`` (construction, loading, decoding bodies) and ``bert_torch._losses``.
 
 Shape legend: B batch, S query length, P cached (past) length, K key length (P + S), E encoder length,
 H hidden, N heads, D head dim (H / N), I intermediate, V vocab, L labels, C choices.
 
-Attention has two implementations, chosen per call from ``config.attn_implementation``:
-``"eager"`` (the reference: explicit scores, fp32 softmax, returns probabilities) and ``"sdpa"`` (default:
-``torch.nn.functional.scaled_dot_product_attention``; relative-position scores are folded into its additive
-bias, so every position type runs fused). A call that needs probabilities (``output_attentions``) or scales
-them (``head_mask``) runs eager even under SDPA and warns once per model.
+Attention is chosen per call from ``config.attn_implementation``: ``"eager"`` (the reference: explicit
+scores, fp32 softmax, returns probabilities), ``"sdpa"`` (default: ``F.scaled_dot_product_attention``;
+relative-position scores are folded into its additive bias, so every position type runs fused) or
+``"varlen"`` (unpadded: the layers run on the real tokens only and attend per sequence; ``bert_torch._varlen``).
+A call that needs probabilities (``output_attentions``) or scales them (``head_mask``) runs eager even under
+SDPA and warns once per model.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,17 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bert_common import pretrained as _pretrained
 from bert_common import semantics
 from bert_common.config import BertConfig
-from bert_common.generation import generate as _generate
-from bert_common.outputs import output_for
-from bert_common.weights import LoadReport, canonical_shapes, init_weights, match_state_dict
-from bert_torch._runtime import DTYPES, HALF, all_ones, as_labels, as_tensor, resolve_dtype, validate, validate_labels
+from bert_common.weights import LoadReport
+from bert_torch import _varlen
+from bert_torch._base import BACKEND, ModelBase
+from bert_torch._losses import _ce, causal_lm_loss, sequence_classification_loss, span_loss
+from bert_torch._runtime import DTYPES, HALF, all_ones, as_tensor, resolve_dtype, validate
 
 __all__ = ["DTYPES", "resolve_dtype"]  # re-exported plumbing (adapters import resolve_dtype from here)
 IGNORE_INDEX = semantics.IGNORE_INDEX
-BACKEND = "torch"
 
 # == helpers =================================================================================================
 # config.gelu_variant -> elementwise function. "gelu_tanh" is the tanh approximation (HF gelu_new and
@@ -133,19 +132,20 @@ class BertSelfAttention(nn.Module):
         """(B, T, H) -> (B, N, T, D)."""
         return x.view(x.shape[0], x.shape[1], self.N, self.D).transpose(1, 2)
 
-    def _relative_scores(self, q: torch.Tensor, k: torch.Tensor, past_length: int) -> torch.Tensor:
-        """Unscaled relative-position scores (B, N, S, K): q·r (+ k·r for relative_key_query)."""
-        index = semantics.relative_distance_index(lambda n: torch.arange(n, device=q.device), q.shape[2],
-                                                  k.shape[2], past_length, self.max_positions)  # S,K
-        r = self.distance_embedding(index).to(q.dtype)                                        # S,K,D
-        scores = torch.einsum("bnsd,skd->bnsk", q, r)
+    def _relative_scores(self, q: torch.Tensor, k: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Unscaled relative-position scores (B, N, S, K): q·r (+ k·r for relative_key_query); ``index``
+        into ``distance_embedding`` is (S, K) for every row, or (B, S, K) (varlen blocks)."""
+        r = self.distance_embedding(index).to(q.dtype)                                        # [B,]S,K,D
+        b = "b" if index.dim() == 3 else ""
+        scores = torch.einsum(f"bnsd,{b}skd->bnsk", q, r)
         if self.position_embedding_type == "relative_key_query":
-            scores = scores + torch.einsum("bnkd,skd->bnsk", k, r)
+            scores = scores + torch.einsum(f"bnkd,{b}skd->bnsk", k, r)
         return scores
 
     def forward(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
                 past_key_value=None, eager: bool = True):
-        """hidden_states (B, S, H); ``attention_mask`` additive (B, 1, 1|S, K) or None; ``head_mask`` (N,)
+        """hidden_states (B, S, H); ``attention_mask`` additive (B, 1, 1|S, K), None, or varlen ``Blocks``
+        (hidden_states then (1, T, H) packed tokens); ``head_mask`` (N,)
         or None; ``past_key_value``: cached (k, v), each (B, N, P, D) (cross-attention: the encoder's k, v).
 
         Returns (context (B, S, H), probabilities (B, N, S, K) or None when fused, (k, v) to cache).
@@ -164,8 +164,17 @@ class BertSelfAttention(nn.Module):
                 past_length = past_key_value[0].shape[2]
                 k = torch.cat([past_key_value[0], k], dim=2)                                  # B,N,K,D
                 v = torch.cat([past_key_value[1], v], dim=2)
-        relative = (self._relative_scores(q, k, past_length)
-                    if self.position_embedding_type != "absolute" else None)                 # B,N,S,K
+        blocks = attention_mask if isinstance(attention_mask, _varlen.Blocks) else None
+        if blocks is not None:  # varlen "unpad": packed (1, N, T, D) -> per-sequence blocks (G, N, L, D)
+            q, k, v, attention_mask = *(_varlen.to_blocks(t, blocks) for t in (q, k, v)), blocks.mask
+        relative = None
+        if self.position_embedding_type != "absolute":
+            # clipped: a varlen "segments" row may be longer than max_positions (its cross-sequence pairs
+            # are masked but must still index a real row); a no-op for rows the padded path accepts
+            index = blocks.relative if blocks is not None else semantics.relative_distance_index(
+                lambda n: torch.arange(n, device=q.device), q.shape[2], k.shape[2], past_length,
+                self.max_positions).clamp(0, 2 * self.max_positions - 2)                      # S,K
+            relative = self._relative_scores(q, k, index)                                     # B,N,S,K
         scale = 1.0 / math.sqrt(self.D)
         probs = None
         if eager:
@@ -188,6 +197,8 @@ class BertSelfAttention(nn.Module):
                     bias = bias.clamp_min(torch.finfo(bias.dtype).min)
             p_drop = self.dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p_drop, scale=scale)
+        if blocks is not None:
+            context = _varlen.from_blocks(context, blocks)                                    # 1,N,T,D
         B, _, S, _ = context.shape
         context = context.transpose(1, 2).reshape(B, S, self.N * self.D)                      # B,S,H
         return context, probs, (k, v)
@@ -340,11 +351,12 @@ class BertPooler(nn.Module):
 
 
 # == model ===================================================================================================
-class BertPreTrainedModel(nn.Module):
+class BertPreTrainedModel(ModelBase, nn.Module):
     """Shared glue: construction from canonical weights, dtype, loading/saving, checkpointing, warnings.
 
     ``Cls(config, add_pooling_layer=None, seed=0)`` builds a model whose weights are
-    ``bert_common.weights.init_weights(config, Cls.__name__, seed)``, identical in every backend.
+    ``bert_common.weights.init_weights(config, Cls.__name__, seed)``, identical in every backend. The
+    private plumbing (construction, warnings, output packing, call checks) is ``bert_torch._base.ModelBase``.
     """
 
     model_class = "BertModel"
@@ -357,26 +369,6 @@ class BertPreTrainedModel(nn.Module):
         self.config = config
         self.load_report: LoadReport | None = None
         self._warned: set[str] = set()
-
-    # -- construction: sub-modules are built on the meta device (no wasted random init), then filled.
-    @contextlib.contextmanager
-    def _building(self):
-        with torch.device("meta"):
-            yield
-
-    def _finish(self, seed: int | None, add_pooling_layer: bool | None, nested: bool = False) -> None:
-        self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
-        if nested:  # the enclosing head materialises and fills every parameter once
-            return
-        self.to_empty(device="cpu")
-        self._tie_weights()
-        if seed is not None:
-            self.load_canonical_state_dict(init_weights(self.config, self.model_class, seed,
-                                                        self.add_pooling_layer), _exact=True)
-        self.eval()  # inference-ready; call .train() for training
-
-    def _tie_weights(self) -> None:
-        """Heads with an MLM decoder share the word embedding matrix (when the config ties them)."""
 
     # -- properties
     @property
@@ -403,48 +395,18 @@ class BertPreTrainedModel(nn.Module):
             if isinstance(m, BertEncoder):
                 m.gradient_checkpointing = False
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
-    def _return(self, return_dict: bool | None, **fields: Any):
-        out = output_for(self.model_class, **fields)
-        return out if semantics.resolve_flags(self.config, return_dict=return_dict)[2] else out.to_tuple()
-
     # ========================================================================================== loading
     def canonical_state_dict(self, dtype: Any = "float32") -> dict[str, np.ndarray]:
         """``{canonical name: np.ndarray}`` of every parameter, in ``canonical_shapes`` order.
 
         ``dtype``: "float32" (default), or None to keep the model's dtype (bfloat16 via ml_dtypes)."""
-        params = dict(self.named_parameters())  # de-duplicated: a tied decoder weight appears once
-        out = {}
-        for name in canonical_shapes(self.config, self.model_class, self.add_pooling_layer):
-            t = params[name].detach().cpu()
-            if dtype is None and t.dtype == torch.bfloat16:
-                import ml_dtypes
-                out[name] = t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-            else:
-                out[name] = t.to(torch.float32 if dtype is not None else t.dtype).numpy()
-        return out
+        return self._canonical_state_dict(dtype)
 
     def load_canonical_state_dict(self, state: Mapping[str, np.ndarray], allow_new_head: bool = False,
                                   _exact: bool = False) -> LoadReport:
         """Copy a canonical state dict into the parameters (prefix added/stripped, tied aliases folded,
         mismatches raise ``WeightMappingError`` naming each tensor). Returns the load report."""
-        if _exact:
-            params, report = dict(state), LoadReport(self.model_class)
-        else:
-            params, report = match_state_dict(state, self.config, self.model_class, self.add_pooling_layer,
-                                              allow_new_head=allow_new_head)
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, arr in params.items():
-                p = own[name]
-                src = torch.from_numpy(np.array(arr, dtype=np.float32))  # a copy: file buffers are read-only
-                p.copy_(src.to(device=p.device, dtype=p.dtype))
-        self.load_report = report
-        return report
+        return self._load_canonical_state_dict(state, allow_new_head, _exact)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, config: BertConfig | None = None,
@@ -457,25 +419,12 @@ class BertPreTrainedModel(nn.Module):
         ``attn_implementation``: "sdpa" (default) or "eager"; other keywords override config fields.
         ``state`` (canonical names) may replace the weight files. The load report is ``model.load_report``.
         """
-        if dtype is not None and torch_dtype is not None and resolve_dtype(dtype) != resolve_dtype(torch_dtype):
-            raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass one of them")
-        target = resolve_dtype(torch_dtype if torch_dtype is not None else dtype)
-        if attn_implementation is not None:
-            config_overrides["attn_implementation"] = attn_implementation
-        cfg, params, report = _pretrained.load_for_backend(
-            path, cls.model_class, BACKEND, config=config, allow_new_head=allow_new_head,
-            add_pooling_layer=add_pooling_layer, state=state, seed=seed, **config_overrides)
-        model = cls(cfg, add_pooling_layer=add_pooling_layer, seed=None)
-        model.load_canonical_state_dict(params, _exact=True)
-        model.load_report = report
-        if target is not None:
-            model.to(target)
-        return model
+        return cls._from_pretrained(path, config, allow_new_head, add_pooling_layer, dtype, torch_dtype,
+                                    attn_implementation, state, seed, config_overrides)
 
     def save_pretrained(self, path: str | os.PathLike, shard_size: str | int | None = None) -> str:
         """Write ``config.json`` + ``model.safetensors`` (canonical layout, the model's dtype)."""
-        return _pretrained.save_from_backend(path, self.canonical_state_dict(dtype=None), self.config,
-                                             self.model_class, BACKEND, self.add_pooling_layer, shard_size)
+        return self._save_pretrained(path, shard_size)
 
 
 class BertModel(BertPreTrainedModel):
@@ -501,19 +450,6 @@ class BertModel(BertPreTrainedModel):
         hm = as_tensor(head_mask, self.device, self.dtype).to(device=self.device, dtype=self.dtype)
         return hm.expand(L, N) if semantics.head_mask_kind(self.config, hm.shape) == "shared" else hm
 
-    def _check_cache(self, past_key_values) -> int:
-        """Validate the cache structure; returns the cached length P."""
-        if past_key_values is None:
-            return 0
-        if not self.config.is_decoder:
-            raise ValueError("past_key_values was given but config.is_decoder=False; the cache is only "
-                             "defined for decoders")
-        L = self.config.num_hidden_layers
-        if len(past_key_values) != L or any(len(p) not in (2, 4) for p in past_key_values):
-            raise ValueError(f"past_key_values must be a tuple of {L} (= config.num_hidden_layers) tuples of 2 "
-                             f"or 4 tensors (B, N, K, D), got {len(past_key_values)} entries")
-        return int(past_key_values[0][0].shape[2])
-
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
                 inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
                 use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None):
@@ -537,19 +473,32 @@ class BertModel(BertPreTrainedModel):
         if encoder_hidden_states is not None and not c.add_cross_attention:
             raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
         past_length = self._check_cache(past_key_values)
+        concrete = not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+        mode = semantics.varlen_mode(c, concrete, output_attentions, {
+            "encoder_hidden_states": encoder_hidden_states, "past_key_values": past_key_values})
+        use_cache = use_cache and mode is None  # varlen rows are not extended by a cache
         validate(c, input_ids, token_type_ids, position_ids, attention_mask, inputs_embeds, past_length,
-                 encoder_hidden_states, encoder_attention_mask)
+                 encoder_hidden_states, encoder_attention_mask, packed=semantics.packed_rows(c, position_ids))
 
         eager, note = semantics.attention_path(c, BACKEND, output_attentions, head_mask is not None)
         if note:
             self._warn_once("sdpa_fallback", note)
+        mask_dtype = DTYPES[semantics.mask_dtype(eager, str(dt).removeprefix("torch."))]
+        if mode == "unpad":  # dense layers on the T kept tokens (1, T, H), attention within each sequence
+            u = _varlen.unpad(c, input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask, mask_dtype)
+            enc = self.encoder(self.embeddings(**u.inputs), u.blocks, self.head_mask_per_layer(head_mask),
+                               output_hidden_states=output_hidden_states, eager=eager)
+            enc = _varlen.scatter_outputs(enc, u)                                              # B,S,H
+            pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
+            return self._return(return_dict, pooler_output=pooled, **enc)
 
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, past_length)  # B,S,H
         B, S = x.shape[:2]
-        mask_dtype = DTYPES[semantics.mask_dtype(eager, str(dt).removeprefix("torch."))]
         if attention_mask is None:
             attention_mask = torch.ones((B, past_length + S), dtype=torch.long, device=dev)
-        if c.is_decoder:
+        if mode == "segments":  # varlen in the padded layout: attention confined by an in-graph mask
+            mask = _varlen.segment_mask(attention_mask, position_ids, mask_dtype, c.is_decoder)  # B,1,S,S
+        elif c.is_decoder:
             mask = additive_mask(attention_mask, mask_dtype, S, past_length, causal=True)     # B,1,S,K
         elif not torch.compiler.is_compiling() and all_ones(attention_mask):
             mask = None  # nothing to mask: adding zeros is exact, skipping it lets SDPA use its fastest kernel
@@ -561,6 +510,8 @@ class BertModel(BertPreTrainedModel):
 
         enc = self.encoder(x, mask, self.head_mask_per_layer(head_mask), encoder_hidden_states, encoder_mask,
                            past_key_values, use_cache, output_attentions, output_hidden_states, eager)
+        if mode == "segments":
+            enc = _varlen.zero_dropped(enc, attention_mask)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
         return self._return(return_dict, pooler_output=pooled, **enc)
 
@@ -605,41 +556,6 @@ class BertPreTrainingHeads(nn.Module):
             self.seq_relationship = nn.Linear(config.hidden_size, 2)
 
 
-def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labels != -100 (NaN when all are ignored, as in HF). (..., L), (...)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1).long(),
-                           ignore_index=IGNORE_INDEX)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token loss: logits[:, :-1] (B, S-1, V) against labels[:, 1:]."""
-    return _ce(logits[:, :-1], labels[:, 1:])
-
-
-def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: BertConfig) -> torch.Tensor:
-    """Loss chosen by ``semantics.problem_type``: MSE (regression), CE (single label), BCE-with-logits
-    (multi-label, mean). logits (B, L); labels (B,) or (B, L)."""
-    problem = semantics.problem_type(config, not labels.dtype.is_floating_point)
-    logits = logits.float()
-    if problem == "regression":
-        if config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(), labels.squeeze().float())
-        return F.mse_loss(logits, labels.float())
-    if problem == "single_label_classification":
-        return _ce(logits.view(-1, config.num_labels), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits, labels.float())
-
-
-def span_loss(start_logits: torch.Tensor, end_logits: torch.Tensor, start_positions: torch.Tensor,
-              end_positions: torch.Tensor) -> torch.Tensor:
-    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
-    S = start_logits.shape[1]
-    start = start_positions.view(-1).clamp(0, S)
-    end = end_positions.view(-1).clamp(0, S)
-    return (F.cross_entropy(start_logits.float(), start, ignore_index=S)
-            + F.cross_entropy(end_logits.float(), end, ignore_index=S)) / 2
-
-
 class _HeadModel(BertPreTrainedModel):
     """Base of every head: owns ``bert`` (its pooler per ``semantics.add_pooling_layer``) and the head
     modules ``_build_head`` creates; validates and converts labels; ties the MLM decoder."""
@@ -659,25 +575,6 @@ class _HeadModel(BertPreTrainedModel):
         predictions = getattr(getattr(self, "cls", None), "predictions", None)
         if predictions is not None and self.config.tie_word_embeddings:
             predictions.decoder.weight = self.bert.embeddings.word_embeddings.weight
-
-    def _labels(self, labels: dict, input_ids, inputs_embeds) -> dict | None:
-        """Labels (NumPy or torch) -> tensors on the model's device, checked against the ids' shape
-        (``bert_common.validation.check_labels``); None when the class's loss is not requested."""
-        if not semantics.has_loss(self.model_class, labels):
-            return None
-        out = {k: as_labels(v, self.device) for k, v in labels.items() if v is not None}
-        lead = input_ids if input_ids is not None else inputs_embeds
-        shape = tuple(lead.shape if hasattr(lead, "shape") else np.shape(lead))
-        shape = shape if input_ids is not None else shape[:-1]
-        problem = None
-        if self.model_class == "BertForSequenceClassification":
-            problem = semantics.problem_type(self.config, not out["labels"].dtype.is_floating_point)
-        validate_labels(self.config, self.model_class, out, shape, problem)
-        return out
-
-    def _encoder_outputs(self, out: Mapping) -> dict:
-        """The encoder fields every head passes through."""
-        return {k: out.get(k) for k in ("hidden_states", "attentions")}
 
 
 class BertForPreTraining(_HeadModel):
@@ -737,19 +634,9 @@ class BertLMHeadModel(_HeadModel):
         gives the same tokens in every backend. ``eos_token_id`` (default ``config.eos_token_id``) ends a
         row, which is then filled with ``pad_token_id`` (default ``config.pad_token_id``). Encoder states
         are passed on every step; their keys/values are computed on the first and reused from the cache."""
-        semantics.check_generate(self.config)
-        eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
-        enc = as_tensor(encoder_hidden_states, self.device, self.dtype)
-
-        def step(ids, mask, past):
-            out = self(ids, attention_mask=mask, past_key_values=past, use_cache=True,
-                       encoder_hidden_states=enc, encoder_attention_mask=encoder_attention_mask, return_dict=True)
-            return out["logits"][:, -1].float().cpu().numpy(), out["past_key_values"]
-
-        ids = input_ids.cpu().numpy() if isinstance(input_ids, torch.Tensor) else input_ids
-        mask = attention_mask.cpu().numpy() if isinstance(attention_mask, torch.Tensor) else attention_mask
-        return _generate(step, ids, mask, max_new_tokens=max_new_tokens, do_sample=do_sample, top_k=top_k,
-                         top_p=top_p, temperature=temperature, seed=seed, eos_token_id=eos, pad_token_id=pad)
+        return self._generate(input_ids, attention_mask, eos_token_id, pad_token_id, encoder_hidden_states,
+                              encoder_attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
 
 
 class BertForMaskedLM(_HeadModel):
