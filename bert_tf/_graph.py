@@ -44,8 +44,10 @@ def _shape_template(arg: str) -> str:
     return shape_message(arg, (chr(0),), (chr(1),)).replace(str((chr(0),)), chr(0)).replace(str((chr(1),)), chr(1))
 
 
-def _graph_checks(config: BertConfig, ids: dict, base_shape, base_static: list, attention_mask, past_length, seq_arg):
-    """tf.debugging asserts with the messages of ``bert_common.validation`` (same wording), for traced inputs."""
+def _graph_checks(config: BertConfig, ids: dict, base_shape, base_static: list, attention_mask, past_length, seq_arg,
+                  packed: bool = False):
+    """tf.debugging asserts with the messages of ``bert_common.validation`` (same wording), for traced inputs.
+    ``packed`` (varlen rows with position ids) lifts the row-length limit, as in ``check_inputs``."""
     checks = []
     for arg, (limit, source) in input_limits(config).items():
         x = ids.get(arg)
@@ -65,8 +67,9 @@ def _graph_checks(config: BertConfig, ids: dict, base_shape, base_static: list, 
                                                              _shape_text(base_shape))]))
     seq = base_shape[-1]
     limit = config.max_position_embeddings
-    checks.append(tf.debugging.Assert(seq + past_length <= limit,
-                                      [_fill(length_message(seq_arg, chr(0), chr(1), limit), seq, past_length)]))
+    if not packed:
+        checks.append(tf.debugging.Assert(seq + past_length <= limit,
+                                          [_fill(length_message(seq_arg, chr(0), chr(1), limit), seq, past_length)]))
     if attention_mask is not None:
         expected = tf.concat([base_shape[:-1], [past_length + seq]], 0)
         static = tf.get_static_value(expected)
@@ -102,8 +105,9 @@ def _encoder_mask_check(encoder_hidden_states, encoder_attention_mask):
 
 def validate_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, position_ids=None,
                     attention_mask=None, inputs_embeds=None, past_length=0, encoder_hidden_states=None,
-                    encoder_attention_mask=None):
+                    encoder_attention_mask=None, packed: bool = False):
     """Check DESIGN §6 before any kernel runs. Returns the list of in-graph assert ops (empty when eager).
+    ``packed``: ``bert_common.semantics.packed_rows`` (no row-length limit).
 
     Eager: ``bert_common.validation.check_inputs`` on the concrete values (raises ``ValueError``).
     Traced: ``tf.debugging.Assert`` ops carrying the same message (raise ``InvalidArgumentError``); the
@@ -125,7 +129,8 @@ def validate_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, 
                      inputs_embeds_shape=None if inputs_embeds is None else tuple(inputs_embeds.shape),
                      past_length=int(past_length),
                      encoder_hidden_shape=None if encoder_hidden_states is None else tuple(encoder_hidden_states.shape),
-                     encoder_attention_mask=None if encoder_attention_mask is None else encoder_attention_mask.numpy())
+                     encoder_attention_mask=None if encoder_attention_mask is None else encoder_attention_mask.numpy(),
+                     packed=packed)
         return []
     base = input_ids if input_ids is not None else inputs_embeds[..., 0]
     _static_checks(config, base, input_ids is not None)
@@ -135,7 +140,7 @@ def validate_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, 
     ids = {"input_ids": input_ids, "token_type_ids": token_type_ids, "position_ids": position_ids}
     seq_arg = "input_ids" if input_ids is not None else "inputs_embeds"
     checks = _graph_checks(config, ids, base_shape, base.shape.as_list(), attention_mask,
-                           tf.cast(past_length, tf.int32), seq_arg)
+                           tf.cast(past_length, tf.int32), seq_arg, packed)
     if encoder_hidden_states is not None and encoder_attention_mask is not None:
         checks.append(_encoder_mask_check(encoder_hidden_states, encoder_attention_mask))
     if encoder_attention_mask is not None:

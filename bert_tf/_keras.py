@@ -113,12 +113,15 @@ def check_eager(self, input_ids, kwargs):
         if "inputs_embeds" in plan:
             arr["inputs_embeds"] = plan["inputs_embeds"]
     past = a.get("past_key_values")
+    # A cache or encoder states with varlen: raised here, before Keras would rewrite the error.
+    semantics.varlen_mode(self.config, True, False, a)
     check_inputs(self.config, input_ids=arr["input_ids"], token_type_ids=arr["token_type_ids"],
                  position_ids=arr["position_ids"], attention_mask=arr["attention_mask"],
                  inputs_embeds_shape=arr["inputs_embeds"],
                  past_length=0 if past is None else int(np.shape(past[0][0])[2]),
                  encoder_hidden_shape=arr["encoder_hidden_states"],
-                 encoder_attention_mask=arr["encoder_attention_mask"])
+                 encoder_attention_mask=arr["encoder_attention_mask"],
+                 packed=semantics.packed_rows(self.config, arr["position_ids"]))
 
 
 

@@ -9,7 +9,9 @@ Shape legend: B batch, S query length, K key length (past + S), E encoder length
 D head dim, I intermediate, V vocab, L labels, C choices.
 
 Every rule that is not a tensor operation comes from ``bert_common.semantics``; validation for eager,
-graph and XLA execution lives in ``bert_tf._graph``, SavedModel serving in ``bert_tf._serving``.
+graph and XLA execution lives in ``bert_tf._graph``, SavedModel serving in ``bert_tf._serving``, unpadded
+("varlen") execution in ``bert_tf._varlen``, the head losses in ``bert_tf._losses`` and the fixed-size
+cache of ``generate`` in ``bert_tf._generate``.
 """
 from __future__ import annotations
 
@@ -39,10 +41,13 @@ from bert_common.outputs import output_for  # noqa: E402
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend  # noqa: E402
 from bert_common.validation import check_inputs, check_labels  # noqa: E402
 from bert_common.weights import init_weights, match_state_dict, to_scheme  # noqa: E402
+from bert_tf._generate import fixed_cache_step  # noqa: E402
 from bert_tf._graph import label_checks, poison, validate_inputs  # noqa: E402
 from bert_tf._keras import (_INT_ARGS, _LABEL_ARGS, _TENSOR_ARGS, KerasHooks, _gather,  # noqa: E402,F401
                             _named_variables, _recompute, _to_tensor, _unpack_inputs, check_eager, compiled)
+from bert_tf._losses import _ce, causal_lm_loss, sequence_classification_loss, span_loss  # noqa: E402
 from bert_tf._serving import export_saved_model, serving_fn  # noqa: E402,F401  (re-exported)
+from bert_tf._varlen import Blocks, block_attention, restore, segment_mask, unpad  # noqa: E402
 
 SCHEME = BACKEND = "tf"
 IGNORE_INDEX = semantics.IGNORE_INDEX
@@ -214,6 +219,8 @@ class BertSelfAttention(_Module):
 
     def call(self, hidden_states, attention_mask=None, head_mask=None, encoder_hidden_states=None,
              past_key_value=None, past_length=0, eager=True, training=False):
+        if isinstance(attention_mask, Blocks):  # varlen "unpad": packed tokens (1, T, H), bert_tf._varlen
+            return block_attention(self, hidden_states, attention_mask, head_mask, eager, training)
         q = self._heads(self.query(hidden_states))                                      # (B, N, S, D)
         if self.is_cross_attention and past_key_value is not None:
             k, v = past_key_value                                  # encoder keys/values, computed once
@@ -225,14 +232,29 @@ class BertSelfAttention(_Module):
             if past_key_value is not None:
                 k = tf.concat([tf.cast(past_key_value[0], k.dtype), k], axis=2)          # (B, N, K, D)
                 v = tf.concat([tf.cast(past_key_value[1], v.dtype), v], axis=2)
-        relative = None
+        index = None
         if self.relative:
-            index = semantics.relative_distance_index(tf.range, tf.shape(q)[2], tf.shape(k)[2], past_length,
-                                                      self.config.max_position_embeddings)  # (S, K)
-            r = tf.cast(self.distance_embedding(index), q.dtype)                        # (S, K, D)
-            relative = tf.einsum("bnsd,skd->bnsk", q, r)
+            M = self.config.max_position_embeddings
+            index = semantics.relative_distance_index(tf.range, tf.shape(q)[2], tf.shape(k)[2], past_length, M)
+            # Clipped: varlen rows may be longer than M; their cross-sequence pairs are masked but must
+            # still index a real row (a no-op otherwise: validation keeps past + S <= M).
+            index = tf.clip_by_value(index, 0, 2 * M - 2)                               # (S, K)
+        context, probs = self.attend(q, k, v, index, attention_mask, head_mask, eager, training)
+        B, S = tf.shape(context)[0], tf.shape(context)[2]
+        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B, S, self.num_heads * self.head_dim])
+        return context, probs, (k, v)
+
+    def attend(self, q, k, v, index, attention_mask, head_mask=None, eager=True, training=False):
+        """q (B, N, S, D), k and v (B, N, K, D), relative ``index`` (S, K) | (B, S, K) int or None, additive
+        mask broadcastable to (B, N, S, K) -> context (B, N, S, D), probs (B, N, S, K) or None (fused).
+        B may be varlen blocks (G)."""
+        relative = None
+        if index is not None:
+            r = tf.cast(self.distance_embedding(index), q.dtype)                        # (B?, S, K, D)
+            b = "" if index.shape.rank == 2 else "b"
+            relative = tf.einsum(f"bnsd,{b}skd->bnsk", q, r)
             if self.relative == "relative_key_query":
-                relative += tf.einsum("bnkd,skd->bnsk", k, r)
+                relative += tf.einsum(f"bnkd,{b}skd->bnsk", k, r)
         probs = None
         if eager:
             scores = tf.matmul(q, k, transpose_b=True)                                  # (B, N, S, K)
@@ -257,9 +279,7 @@ class BertSelfAttention(_Module):
                 tf.transpose(q, [0, 2, 1, 3]), tf.transpose(k, [0, 2, 1, 3]), tf.transpose(v, [0, 2, 1, 3]),
                 bias=None if bias is None else tf.cast(bias, q.dtype), scale=1.0 / math.sqrt(self.head_dim))
             context = tf.transpose(context, [0, 2, 1, 3])                               # (B, N, S, D)
-        B, S = tf.shape(context)[0], tf.shape(context)[2]
-        context = tf.reshape(tf.transpose(context, [0, 2, 1, 3]), [B, S, self.num_heads * self.head_dim])
-        return context, probs, (k, v)
+        return context, probs
 
 
 class BertSelfOutput(_Module):
@@ -573,10 +593,12 @@ class BertModel(BertPreTrainedModel):
             embeds = tf.cast(embeds, self.compute_dtype)
         if a["encoder_hidden_states"] is not None and not c.add_cross_attention:
             raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
+        mode = semantics.varlen_mode(c, tf.executing_eagerly(), a["output_attentions"], a)  # None unless varlen
         checks = validate_inputs(c, input_ids=ids, token_type_ids=a["token_type_ids"], position_ids=a["position_ids"],
                                  attention_mask=a["attention_mask"], inputs_embeds=embeds, past_length=past_length,
                                  encoder_hidden_states=a["encoder_hidden_states"],
-                                 encoder_attention_mask=a["encoder_attention_mask"])
+                                 encoder_attention_mask=a["encoder_attention_mask"],
+                                 packed=semantics.packed_rows(c, a["position_ids"]))
         if checks:  # every kernel below depends on the checks (CPU gathers would raise first, GPU ones return 0)
             with tf.control_dependencies(checks):
                 ids = None if ids is None else tf.identity(ids)
@@ -592,10 +614,17 @@ class BertModel(BertPreTrainedModel):
         mask_dtype = tf.dtypes.as_dtype(semantics.mask_dtype(eager, self.compute_dtype))
         base = ids if ids is not None else embeds[..., 0]
         B, S = tf.shape(base)[0], tf.shape(base)[1]
-        mask = a["attention_mask"]
-        if mask is None:
-            mask = tf.ones([B, past_length + S], tf.int32)
-        ext_mask = additive_mask(mask, S, past_length, c.is_decoder, mask_dtype)          # (B, 1, 1|S, K)
+        mask, unpadded = a["attention_mask"], None
+        inputs = {"input_ids": ids, "token_type_ids": a["token_type_ids"], "position_ids": a["position_ids"],
+                  "inputs_embeds": embeds}
+        if mode == "unpad":  # every layer on the kept tokens (1, T, H); attention in blocks (bert_tf._varlen)
+            unpadded = unpad(c, **inputs, attention_mask=mask, mask_dtype=mask_dtype)
+            inputs, ext_mask = unpadded.inputs, unpadded.blocks
+        elif mode == "segments":  # padded layout, attention confined to each sequence: (B, 1, S, S)
+            ext_mask = segment_mask(c, mask, a["position_ids"], B, S, mask_dtype)
+        else:
+            mask = tf.ones([B, past_length + S], tf.int32) if mask is None else mask
+            ext_mask = additive_mask(mask, S, past_length, c.is_decoder, mask_dtype)      # (B, 1, 1|S, K)
         enc_hidden, enc_mask = a["encoder_hidden_states"], None
         cross_cached = past is not None and len(past[0]) == 4
         if enc_hidden is not None or cross_cached:
@@ -606,13 +635,14 @@ class BertModel(BertPreTrainedModel):
             enc_mask = additive_mask(em, S, 0, False, mask_dtype)                           # (B, 1, 1, E)
             if enc_hidden is not None:
                 enc_hidden = tf.cast(enc_hidden, self.compute_dtype)
-        x = self.embeddings(input_ids=ids, token_type_ids=a["token_type_ids"], position_ids=a["position_ids"],
-                            inputs_embeds=embeds, past_length=past_length, training=training)
+        x = self.embeddings(**inputs, past_length=past_length, training=training)
         x = poison(c, x, ids, a["token_type_ids"], a["position_ids"], a["attention_mask"])  # XLA only
         enc = self.encoder(x, attention_mask=ext_mask, head_mask=self.head_mask_per_layer(a["head_mask"]),
                            encoder_hidden_states=enc_hidden, encoder_attention_mask=enc_mask, past_key_values=past,
                            past_length=past_length, use_cache=use_cache, output_attentions=a["output_attentions"],
                            output_hidden_states=a["output_hidden_states"], eager=eager, training=training)
+        if mode:  # back to (B, S, H) with 0 at dropped tokens
+            enc = restore(enc, unpadded, mask)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
         return self._finish(a, pooler_output=pooled, **enc)
 
@@ -669,50 +699,6 @@ class BertPreTrainingHeads(_Module):
 
 
 BertHeads = BertPreTrainingHeads  # the name before the three backends agreed on HF's
-
-
-def _ce(logits, labels, ignore_index: int = IGNORE_INDEX):
-    """Mean CE over labels != ignore_index, in fp32. logits (..., L), labels (...) int -> scalar.
-    All labels ignored gives 0/0 = NaN, as in Hugging Face."""
-    logits = tf.cast(logits, tf.float32)
-    labels = tf.cast(labels, tf.int32)
-    logits = tf.reshape(logits, [-1, tf.shape(logits)[-1]])
-    labels = tf.reshape(labels, [-1])
-    keep = tf.not_equal(labels, ignore_index)
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.where(keep, labels, 0), logits=logits)
-    keep = tf.cast(keep, tf.float32)
-    return tf.reduce_sum(nll * keep) / tf.reduce_sum(keep)
-
-
-def causal_lm_loss(logits, labels):
-    """Next-token loss: logits[:, :-1] (B, S-1, V) against labels[:, 1:]."""
-    return _ce(logits[:, :-1], labels[:, 1:])
-
-
-def sequence_classification_loss(logits, labels, config: BertConfig):
-    """Loss chosen by ``semantics.problem_type``: MSE (regression), CE (single label), BCE-with-logits
-    (multi-label, mean). logits (B, L)."""
-    problem = semantics.problem_type(config, labels.dtype.is_integer)
-    logits = tf.cast(logits, tf.float32)
-    if problem == "regression":
-        y = tf.cast(labels, tf.float32)
-        if config.num_labels == 1:
-            logits, y = tf.reshape(logits, [-1]), tf.reshape(y, [-1])
-        return tf.reduce_mean(tf.square(logits - y))
-    if problem == "single_label_classification":
-        return _ce(logits, labels)
-    y = tf.cast(labels, tf.float32)
-    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logits))
-
-
-def span_loss(start_logits, end_logits, start_positions, end_positions):
-    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
-    S = tf.shape(start_logits)[1]
-    losses = []
-    for logits, pos in ((start_logits, start_positions), (end_logits, end_positions)):
-        pos = tf.clip_by_value(tf.reshape(tf.cast(pos, tf.int32), [-1]), 0, S)
-        losses.append(_ce(logits, tf.where(pos == S, IGNORE_INDEX, pos)))    # ignore_index = S
-    return (losses[0] + losses[1]) / 2.0
 
 
 class _HeadModel(BertPreTrainedModel):
@@ -801,16 +787,21 @@ class BertLMHeadModel(_HeadModel):
                  top_k=None, top_p=None, temperature: float = 1.0, seed: int = 0, eos_token_id=None,
                  pad_token_id=None, encoder_hidden_states=None, encoder_attention_mask=None):
         """Cached greedy/sampled decoding via ``bert_common.generation.generate``. (B, S) -> (B, S + n) int64.
-        ``eos_token_id`` / ``pad_token_id`` default to the config's; encoder states go to every step."""
+        ``eos_token_id`` / ``pad_token_id`` default to the config's; encoder states go to every step.
+        Runs two XLA programs with a fixed-size cache (``bert_tf._generate``); the growing cache below
+        only when the sequence would outgrow ``max_position_embeddings`` (it raises there)."""
         semantics.check_generate(self.config)
         eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
+        encoder = {k: v for k, v in (("encoder_hidden_states", encoder_hidden_states),
+                                     ("encoder_attention_mask", encoder_attention_mask)) if v is not None}
 
-        def step(ids, mask, past):
+        def growing(ids, mask, past):
             out = self(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), past_key_values=past,
                        use_cache=True, encoder_hidden_states=encoder_hidden_states,
                        encoder_attention_mask=encoder_attention_mask, training=False)
             return out["logits"][:, -1].numpy(), out["past_key_values"]
 
+        step = fixed_cache_step(self, input_ids, attention_mask, max_new_tokens, encoder) or growing
         return generation.generate(step, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                                    do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
                                    seed=seed, eos_token_id=eos, pad_token_id=pad)
