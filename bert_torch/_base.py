@@ -17,7 +17,7 @@ from bert_common.config import BertConfig
 from bert_common.generation import generate as _generate
 from bert_common.outputs import output_for
 from bert_common.weights import LoadReport, canonical_shapes, init_weights, match_state_dict
-from bert_torch._runtime import as_labels, as_tensor, resolve_dtype, validate_labels
+from bert_torch._runtime import as_labels, as_tensor, materialize, meta_device, resolve_dtype, validate_labels
 
 BACKEND = "torch"
 
@@ -28,14 +28,14 @@ class ModelBase:
     # -- construction: sub-modules are built on the meta device (no wasted random init), then filled.
     @contextlib.contextmanager
     def _building(self):
-        with torch.device("meta"):
+        with meta_device():  # no init on meta tensors: PyTorch's meta init kernels import torch._dynamo
             yield
 
     def _finish(self, seed: int | None, add_pooling_layer: bool | None, nested: bool = False) -> None:
         self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
         if nested:  # the enclosing head materialises and fills every parameter once
             return
-        self.to_empty(device="cpu")
+        materialize(self)
         self._tie_weights()
         if seed is not None:
             self.load_canonical_state_dict(init_weights(self.config, self.model_class, seed,

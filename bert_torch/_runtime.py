@@ -112,6 +112,20 @@ class _SkipMetaInit(TorchFunctionMode):
 @contextlib.contextmanager
 def meta_device() -> Iterator[None]:
     """``torch.device("meta")`` without the random init the layers' constructors would run: modules built
-    inside hold meta parameters (no storage) to be materialised with ``to_empty`` and filled by the caller."""
+    inside hold meta parameters (no storage) to be materialised with ``materialize`` and filled by the caller."""
     with torch.device("meta"), _SkipMetaInit():
         yield
+
+
+def materialize(module: torch.nn.Module, device: str = "cpu") -> None:
+    """Give every meta parameter and buffer of ``module`` uninitialised storage on ``device`` (what
+    ``Module.to_empty`` does, but with ``torch.empty`` instead of ``empty_like`` on meta tensors, whose
+    reference kernel imports sympy). Tied parameters come apart, as with ``to_empty``: re-tie after."""
+    for m in module.modules():
+        for name, p in list(m._parameters.items()):
+            if p is not None and p.is_meta:
+                m._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                         requires_grad=p.requires_grad)
+        for name, b in list(m._buffers.items()):
+            if b is not None and b.is_meta:
+                m._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)

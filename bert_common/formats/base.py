@@ -18,6 +18,7 @@ Validation contract for every reader (``docs/convert.md``):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from typing import Callable, Iterable, Mapping
@@ -38,6 +39,21 @@ MAX_NAME_BYTES = 1024         # one tensor name
 # Floating dtypes a weight may have (NumPy names); integer dtypes a buffer may have.
 WEIGHT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 BUFFER_DTYPES = ("int64", "int32")
+
+
+@functools.cache
+def bfloat16() -> np.dtype:
+    """NumPy's bfloat16 dtype (2 bytes; NumPy has none of its own, ml_dtypes provides it).
+
+    Imported here, on the first bf16 tensor read, written or cast: importing ml_dtypes takes ~1.3 s (more
+    than all of ``bert_common``), and PyTorch does not import it, so ``import bert_torch`` must not either.
+    A bf16 array cannot exist before ml_dtypes (or JAX / TensorFlow, which import it) is loaded, so code
+    that only *inspects* dtypes compares ``dtype.name == "bfloat16"`` instead of calling this."""
+    try:
+        import ml_dtypes
+    except ImportError as e:  # pragma: no cover - ml_dtypes is a declared dependency
+        raise ImportError(f"bfloat16 tensors need the ml_dtypes package ({e})") from e
+    return np.dtype(ml_dtypes.bfloat16)
 
 
 class CheckpointError(ValueError):
@@ -308,6 +324,6 @@ class Format:
 
 
 __all__ = ["CheckpointError", "Format", "MAX_TENSORS", "MAX_HEADER_BYTES", "MAX_TREE_DEPTH", "WEIGHT_DTYPES",
-           "BUFFER_DTYPES", "check_dtype", "check_shape", "expected_shapes", "nbytes", "count_cap",
+           "BUFFER_DTYPES", "bfloat16", "check_dtype", "check_shape", "expected_shapes", "nbytes", "count_cap",
            "find_config", "require_config", "match_scheme", "plan_scheme", "transposed", "require", "report",
            "atomic_file", "atomic_path", "atomic_write_text", "atomic_directory", "CONFIG_FILES", "is_buffer"]

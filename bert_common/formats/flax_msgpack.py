@@ -26,9 +26,9 @@ import numpy as np
 
 from bert_common.config import BertConfig
 from bert_common.formats import shards
-from bert_common.formats.base import (MAX_TENSORS, MAX_TREE_DEPTH, CheckpointError, Format, check_dtype,
-                                      check_shape, count_cap, expected_shapes, match_scheme, nbytes, plan_scheme,
-                                      report, require, require_config, transposed)
+from bert_common.formats.base import (MAX_TENSORS, MAX_TREE_DEPTH, CheckpointError, Format, bfloat16,
+                                      check_dtype, check_shape, count_cap, expected_shapes, match_scheme, nbytes,
+                                      plan_scheme, report, require, require_config, transposed)
 from bert_common.io_utils import atomic_file
 
 WEIGHTS_NAME = "flax_model.msgpack"
@@ -88,8 +88,7 @@ def _ext_hook(code: int, data: bytes):
 def _array(rec: _Record, file: str, path: str, expected) -> np.ndarray:
     np_name = check_dtype(file, path, rec.dtype, ALLOWED_DTYPES, "flax-msgpack")
     if np_name == "bfloat16":
-        import ml_dtypes
-        dt = np.dtype(ml_dtypes.bfloat16)
+        dt = bfloat16()
     else:
         dt = np.dtype(np_name)
     want = nbytes(file, path, rec.shape, dt.itemsize)

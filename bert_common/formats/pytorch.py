@@ -24,8 +24,8 @@ import numpy as np
 
 from bert_common.config import BertConfig
 from bert_common.formats import shards
-from bert_common.formats.base import (CheckpointError, Format, check_dtype, check_shape, count_cap,
-                                      expected_shapes, report, require)
+from bert_common.formats.base import (CheckpointError, Format, bfloat16, check_dtype, check_shape,
+                                      count_cap, expected_shapes, report, require)
 from bert_common.io_utils import atomic_file
 
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -45,8 +45,7 @@ def _to_numpy(t) -> np.ndarray:
     torch = _torch()
     t = t.detach()
     if t.dtype == torch.bfloat16:
-        import ml_dtypes
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.view(torch.int16).numpy().view(bfloat16())
     return t.numpy()
 
 

@@ -20,38 +20,32 @@ import numpy as np
 
 from bert_common.config import BertConfig
 from bert_common.formats import shards
-from bert_common.formats.base import (MAX_HEADER_BYTES, CheckpointError, Format, check_dtype, check_shape,
-                                      count_cap, expected_shapes, nbytes, report)
+from bert_common.formats.base import (MAX_HEADER_BYTES, CheckpointError, Format, bfloat16, check_dtype,
+                                      check_shape, count_cap, expected_shapes, nbytes, report)
 from bert_common.io_utils import atomic_file
-
-try:  # bfloat16 lives in ml_dtypes (a dependency of the package); NumPy has none.
-    import ml_dtypes
-    _BF16 = np.dtype(ml_dtypes.bfloat16)
-except ImportError:  # pragma: no cover - ml_dtypes is a declared dependency
-    _BF16 = None
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 # safetensors dtype -> NumPy name, for every dtype a reader accepts (integers only for buffers).
 ALLOWED_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64",
                   "I64": "int64", "I32": "int32"}
-# Every dtype the writer can store (it writes what it is given; readers decide what is a weight).
+# Every dtype the writer can store (it writes what it is given; readers decide what is a weight), plus
+# "BF16", whose NumPy dtype comes from ml_dtypes, imported only when a bf16 tensor is met (formats.base).
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
     "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
-if _BF16 is not None:
-    _DTYPES["BF16"] = _BF16
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 def dtype_name(dtype) -> str:
     dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
-    try:
+    if dt in _NAMES:
         return _NAMES[dt]
-    except KeyError:
-        raise ValueError(f"dtype {dt} cannot be stored in safetensors (supported: {sorted(_DTYPES)})") from None
+    if dt.name == "bfloat16" and dt == bfloat16():  # a bf16 array means ml_dtypes is loaded already
+        return "BF16"
+    raise ValueError(f"dtype {dt} cannot be stored in safetensors (supported: {sorted([*_DTYPES, 'BF16'])})")
 
 
 def _is_int(x) -> bool:
@@ -94,7 +88,7 @@ def _header(fd: int, path: str, size: int, expected: Mapping | None) -> tuple[di
         if not isinstance(info["dtype"], str):
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {info['dtype']!r}; expected a string")
         np_name = check_dtype(path, name, info["dtype"], ALLOWED_DTYPES, "safetensors")
-        dt = _BF16 if np_name == "bfloat16" else np.dtype(np_name).newbyteorder("<")
+        dt = bfloat16() if np_name == "bfloat16" else np.dtype(np_name).newbyteorder("<")
         want = nbytes(path, name, shape, dt.itemsize)
         b, e = offsets
         if not 0 <= b <= e <= data:

@@ -37,9 +37,9 @@ import numpy as np
 
 from bert_common.config import BertConfig
 from bert_common.formats import shards
-from bert_common.formats.base import (MAX_TREE_DEPTH, CheckpointError, Format, check_dtype, check_shape,
-                                      count_cap, expected_shapes, match_scheme, nbytes, plan_scheme, require,
-                                      report, require_config, transposed)
+from bert_common.formats.base import (MAX_TREE_DEPTH, CheckpointError, Format, bfloat16, check_dtype,
+                                      check_shape, count_cap, expected_shapes, match_scheme, nbytes, plan_scheme,
+                                      require, report, require_config, transposed)
 from bert_common.io_utils import atomic_path
 from bert_common.weights import NamingScheme, register_scheme
 
@@ -152,8 +152,7 @@ def _dataset(h5py, group, key: str, file: str, name: str, expected):
 def _read(ds, np_name: str) -> np.ndarray:
     arr = ds[()]
     if np_name == "bfloat16":
-        import ml_dtypes
-        arr = arr.view(ml_dtypes.bfloat16)
+        arr = arr.view(bfloat16())
     return np.ascontiguousarray(arr)
 
 
