@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from conformance.runner import run_cli
-from conformance.suite import CHECKS, DEFAULT_CHECKS
+from conformance.suite import CHECKS, DEFAULT_CHECKS, TRAIN_STEPS
 
 HELP = "check that the backends compute the same numbers on a checkpoint"
 
@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--require-gpu", action="store_true", help="fail if any framework cannot see a GPU")
     p.add_argument("--checks", default=None,
                    help=f"comma list of {','.join(CHECKS)} (default: {','.join(DEFAULT_CHECKS)})")
+    p.add_argument("--train-steps", type=int, default=TRAIN_STEPS,
+                   help=f"updates each backend's trainer makes in the train check (default {TRAIN_STEPS})")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     p.add_argument("--batch", type=int, default=2, help="rows in the test batch (default 2)")
     p.add_argument("--seq", type=int, default=16, help="tokens per row in the test batch (default 16)")

@@ -17,8 +17,8 @@ from xml.sax.saxutils import escape, quoteattr
 from bert_common.cli.base import EXIT_MISMATCH, EXIT_OK, default_checkpoint
 from bert_common.io_utils import atomic_write_text
 from conformance.cases import checkpoint_cases
-from conformance.suite import (ALL_BACKENDS, ARTIFACTS, CHECKS, DEFAULT_CHECKS, ORACLE, Result, Runner, adapter,
-                               available_backends, plan, run_plan, truth_backend)
+from conformance.suite import (ALL_BACKENDS, ARTIFACTS, CHECKS, DEFAULT_CHECKS, ORACLE, TRAIN, TRAIN_STEPS, Result, Runner,
+                               adapter, available_backends, plan, run_plan, truth_backend)
 from conformance.tolerances import TOLERANCES, markdown_table
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -66,8 +66,10 @@ def select_backends(requested: list[str] | None) -> list[str]:
 
 
 def run(checkpoint: str, backends: list[str], heads: list[str] | None, dtypes: list[str], devices: list[str],
-        checks: list[str], batch: int = 2, seq: int = 16, progress: bool = False) -> tuple[list[Result], dict]:
-    """Run ``checks`` for every case; returns (results, environment record)."""
+        checks: list[str], batch: int = 2, seq: int = 16, progress: bool = False, train_steps: int = TRAIN_STEPS
+        ) -> tuple[list[Result], dict]:
+    """Run ``checks`` for every case (``train_steps``: updates of the train check); returns (results,
+    environment record)."""
     truth = truth_backend()
     env: dict = {"checkpoint": os.path.abspath(checkpoint), "backends": backends, "dtypes": dtypes,
                  "devices": devices, "truth": f"{truth} in float64", "versions": versions(), "tf32": {}}
@@ -85,12 +87,14 @@ def run(checkpoint: str, backends: list[str], heads: list[str] | None, dtypes: l
         if device == "gpu":
             for b in dict.fromkeys(backends + [truth]):
                 env["tf32"][b] = adapter(b).pin_tf32_off()
-        runner = Runner(backends, device=device, truth=truth)
+        runner = Runner(backends, device=device, truth=truth, train_steps=train_steps)
         results += run_plan(runner, units, progress=progress)
         for b, s in runner.seconds.items():
             seconds[b] = seconds.get(b, 0.0) + s
     env["seconds_per_backend"] = seconds
     env["checks"] = list(dict.fromkeys(r.check for r in results))  # only the checks that ran
+    if "train" in env["checks"]:
+        env["train"] = {"steps": train_steps, **TRAIN}
     return results, env
 
 
@@ -174,6 +178,9 @@ def run_cli(args: argparse.Namespace) -> int:
                 raise ValueError(f"no tolerance row for ({d}, {dev})")
     if args.batch < 1 or args.seq < 2:
         raise ValueError(f"--batch must be >= 1 and --seq >= 2, got {args.batch} and {args.seq}")
+    train_steps = getattr(args, "train_steps", TRAIN_STEPS)
+    if train_steps < 1:
+        raise ValueError(f"--train-steps must be >= 1, got {train_steps}")
     missing_gpu = []
     if "gpu" in devices or args.require_gpu:
         missing_gpu = [b for b in backends if "gpu" not in adapter(b).devices()]
@@ -185,7 +192,7 @@ def run_cli(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     results, env = run(path, backends, heads, dtypes, devices, checks, batch=args.batch, seq=args.seq,
-                       progress=progress)
+                       progress=progress, train_steps=train_steps)
     env["seconds_total"] = time.perf_counter() - t0
     print(format_table(results, env))
     failures = [r for r in results if not r.passed]

@@ -35,6 +35,16 @@ TRUTH_BACKENDS = ("torch", "hf")
 # of an fp32 step from it is exactly the floor those parameters need (docs/tolerances.md).
 ADAMW = {"lr": 1e-3, "weight_decay": 0.1, "betas": (0.9, 0.999), "eps": 1e-6}
 LABEL_KEYS = ("labels", "next_sentence_label", "start_positions", "end_positions")
+# The train check: each backend's own Trainer (bert_<x>.training, the code `bertrio pretrain/finetune` runs)
+# makes ``train_steps`` updates from the case's weights on the case's batch (every update the same batch:
+# the case has one), dropout off, with BERT's recipe: linear warmup then decay to 0 at the last update,
+# weight decay 0.01 except biases / LayerNorm, clipping at norm 1, eps 1e-6. The rate is small enough to
+# fine-tune a real checkpoint without wrecking it and large enough that 10 updates move every weight
+# by far more than its rounding. Budget: docs/tolerances.md (the float64 truth trainer's run).
+TRAIN = {"learning_rate": 5e-4, "warmup_steps": 2, "weight_decay": 0.01, "max_grad_norm": 1.0,
+         "adam_beta1": 0.9, "adam_beta2": 0.999, "adam_epsilon": 1e-6}
+TRAIN_STEPS = 10  # bertrio parity --train-steps
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids") + LABEL_KEYS  # bert_common.training's contract
 CACHE_CLASSES = ("BertModel", "BertLMHeadModel")  # the classes whose outputs carry past_key_values
 
 
@@ -66,7 +76,7 @@ def available_backends(names=ALL_BACKENDS + (ORACLE,)) -> list[str]:
 @dataclasses.dataclass
 class Result:
     """One check of one backend pair on one case."""
-    check: str                      # forward | grads | adamw | cache | train_mode | half
+    check: str                      # forward | grads | adamw | cache | train_mode | half | train
     pair: tuple[str, str]           # (candidate, reference)
     model_class: str
     variant: str
@@ -137,7 +147,11 @@ class Runner:
     """Builds each backend's model once per (case, dtype, device), runs the checks, and measures each
     check's noise scale against the float64 truth (``truth``: an adapter name of ``TRUTH_BACKENDS``)."""
 
-    def __init__(self, backends: list[str], device: str = "cpu", truth: str | None = None):
+    def __init__(self, backends: list[str], device: str = "cpu", truth: str | None = None,
+                 train_steps: int = TRAIN_STEPS):
+        if not isinstance(train_steps, int) or train_steps < 1:
+            raise ValueError(f"train_steps must be a positive integer, got {train_steps!r}")
+        self.train_steps = train_steps
         self.backends = list(backends)
         self.device = device
         self.truth = truth or truth_backend()
@@ -375,6 +389,81 @@ class Runner:
         return results
 
 
+    # ------------------------------------------------------------------ the train check
+    def _trained(self, backend: str, case: Case, dtype: str, reverse: bool = False
+                 ) -> tuple[dict[str, np.ndarray], float]:
+        """(flat, seconds) of one backend's training run on ``case`` (memoised): ``loss.step_NNN`` (the
+        loss of update NNN, 1-based, a () array) and the final weights under canonical names.
+        ``reverse``: the batch rows in reverse order (the same run in exact arithmetic: every loss is a
+        mean over rows or tokens; in fp32 every reduction rounds differently)."""
+        from bert_common.training import TrainingArguments
+        key = (backend, id(case), dtype, "train", self.train_steps, reverse)
+        if key not in self._memo:
+            batch = train_batch(case)
+            if reverse:
+                batch = {k: np.ascontiguousarray(v[::-1]) for k, v in batch.items()}
+            args = TrainingArguments(max_steps=self.train_steps, batch_size=int(batch["input_ids"].shape[0]),
+                                     dropout=False, **TRAIN)
+            t = time.perf_counter()
+            losses, params = adapter(backend).train(case.model_class, case.config, case.state,
+                                                    [batch] * self.train_steps, args, dtype=dtype,
+                                                    device=self.device)
+            dt = time.perf_counter() - t
+            self._account(backend, dtype, dt)
+            flat = {f"loss.step_{i + 1:03d}": np.asarray(v, np.float64 if dtype == "float64" else np.float32)
+                    for i, v in enumerate(losses)}
+            self._memo[key] = ({**flat, **params}, dt)
+        return self._memo[key]
+
+    def train(self, case: Case, dtype: str = "float32") -> list[Result]:
+        """Every pair of trainers (the backends whose ``Trainer`` takes the case's head) after
+        ``train_steps`` identical updates: the loss of each update and every final weight.
+
+        Noise: the truth backend's trainer run with float64 master weights (the truth) and twice in
+        ``dtype``: on the batch as given and with its rows reversed (the same run, rounded differently).
+        A tensor's σ is the larger distance of the two samples from the truth (floored at one rounding,
+        as everywhere): one sample of a training run can land close to the truth by luck on a small
+        tensor (a 32-entry attention bias after 6 updates, 1/18 of another backend's distance) and
+        would turn correct backends into a false alarm. The loss of update k is judged against the
+        noise of the loss curve up to k (RMS and max over updates 1..k), so an early update is not held
+        to the noise the run has grown by its end, nor a late one to a single lucky sample."""
+        truth_ad = adapter(self.truth)
+        if not hasattr(truth_ad, "train"):
+            raise ValueError(f"the train check needs a trainer in the truth backend {self.truth!r} "
+                             f"(pip install 'bertrio[torch]')")
+        able = [b for b in self.backends if hasattr(adapter(b), "trains") and adapter(b).trains(case.model_class)]
+        if len(able) < 2 or not truth_ad.trains(case.model_class):
+            return []
+        runs = {b: self._trained(b, case, dtype) for b in able}
+        truth, _ = self._trained(self.truth, case, "float64")
+        steps = sorted(k for k in truth if k.startswith("loss.step_"))
+        t_curve = np.array([float(truth[k]) for k in steps])
+        per_sample = []
+        for reverse in (False, True):
+            sample, _ = self._trained(self.truth, case, dtype, reverse=reverse)
+            n = noise_scales({k: v for k, v in sample.items() if k not in steps},
+                             {k: v for k, v in truth.items() if k not in steps})
+            s_curve = np.array([float(sample[k]) for k in steps])
+            n.update({k: Noise.measure(s_curve[:i + 1], t_curve[:i + 1]) for i, k in enumerate(steps)})
+            per_sample.append(n)
+        noise = {k: Noise(max(a.rms, b.rms), max(a.max, b.max), a.truth_rms, a.truth_max)
+                 for k, a in per_sample[0].items() for b in [per_sample[1][k]]}
+        tol = tolerance(dtype, self.device).for_kind("step")
+        return [Result("train", (a, r), case.model_class, case.variant, dtype, self.device,
+                       diff_tensors(runs[a][0], runs[r][0], tol, noise=noise), {a: runs[a][1], r: runs[r][1]})
+                for r, a in self._pairs(runs)]
+
+
+def train_batch(case: Case) -> dict[str, np.ndarray]:
+    """The case's batch in ``bert_common.training``'s batch contract: its keys, integers as int32."""
+    out = {}
+    for k in BATCH_KEYS:
+        if k in case.inputs and case.inputs[k] is not None:
+            a = np.asarray(case.inputs[k])
+            out[k] = a.astype(np.int32) if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+    return out
+
+
 def compared_keys(*named: tuple[str, Mapping[str, np.ndarray]]) -> list[str] | None:
     """The paths a pair compares: every path of both (None), unless one side is an exported artifact
     (an adapter with ``output_keys``), which is compared on the fields it exports."""
@@ -413,6 +502,9 @@ CHECKS: dict[str, Check] = {
     "adamw": Check("the weights after one AdamW step (BERT's hyper-parameters, eps 1e-6)", "adamw",
                    needs_loss=True),
     "train_mode": Check("training-mode outputs with dropout 0 equal eval-mode outputs", "train_mode"),
+    "train": Check("each backend's Trainer: the loss of every update and the final weights after "
+                   "--train-steps identical updates (dropout off)", "train", needs_loss=True,
+                   applies=lambda case: not case.config.add_cross_attention),
 }
 DEFAULT_CHECKS = ("forward", "grads", "cache")
 

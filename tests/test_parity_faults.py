@@ -36,11 +36,11 @@ def ckpt(tmp_path_factory):
     return str(path)
 
 
-def _parity(ckpt, tmp_path, heads="BertModel", checks="forward"):
+def _parity(ckpt, tmp_path, heads="BertModel", checks="forward", extra=()):
     report = tmp_path / "r.json"
     code = main(["parity", ckpt, "--backends", f"{BACKENDS[0]},{VICTIM}", "--heads", heads, "--checks", checks,
                  "--seq", "8", "--quiet", "--report", str(report), "--junit", str(tmp_path / "r.xml"),
-                 "--markdown", str(tmp_path / "r.md")])
+                 "--markdown", str(tmp_path / "r.md"), *extra])
     data = json.loads(report.read_text())
     return code, data
 
@@ -216,3 +216,44 @@ def test_detection_floor_on_minilm(minilm_dir, tmp_path, monkeypatch):
     data = json.loads(report.read_text())
     pair, t = _first_failure(data)
     assert code == 1 and VICTIM in pair, t
+
+
+# ------------------------------------------------------------------ the train check (bertrio parity --checks train)
+TRAIN_ARGS = ("--train-steps", "6")
+
+
+def _victim_training(monkeypatch, name, value):
+    """Replace a name the victim backend's trainer module reads (``bert_<victim>.training``)."""
+    import importlib
+    monkeypatch.setattr(importlib.import_module(f"bert_{VICTIM}.training"), name, value)
+
+
+@pytest.mark.slow
+def test_train_check_passes_clean_and_catches_decay_on_layer_norm(ckpt, tmp_path, monkeypatch):
+    """Clean: every update's loss and final weight agree. Then the victim's trainer decays every parameter
+    (biases and LayerNorm too): the check fails, and only on tensors the rule exempts from decay."""
+    code, data = _parity(ckpt, tmp_path, heads="BertForSequenceClassification", checks="train", extra=TRAIN_ARGS)
+    assert code == 0 and data["results"] and data["results"][0]["check"] == "train", data["results"]
+    paths = [t["path"] for t in data["results"][0]["tensors"]]
+    assert paths[:6] == [f"loss.step_{i:03d}" for i in range(1, 7)] and "classifier.weight" in paths
+    assert data["environment"]["train"]["steps"] == 6
+    _victim_training(monkeypatch, "decays", lambda name: True)
+    code, data = _parity(ckpt, tmp_path, heads="BertForSequenceClassification", checks="train", extra=TRAIN_ARGS)
+    pair, t = _first_failure(data)
+    assert code == 1 and VICTIM in pair, t
+    bad = [x["path"] for x in data["results"][0]["tensors"] if not x["passed"]]
+    weights = [p for p in bad if not p.startswith("loss.")]
+    assert any(".LayerNorm.weight" in p for p in weights), bad
+    assert all(W.no_weight_decay(p) for p in weights), bad
+    assert weights[0] in (tmp_path / "r.md").read_text()
+
+
+@pytest.mark.slow
+def test_train_check_catches_a_shifted_lr_schedule(ckpt, tmp_path, monkeypatch):
+    """The victim's schedule runs one update ahead (the first update, at warmup step 0, gets a rate
+    instead of 0): the loss of update 2 is the first to differ."""
+    from bert_common.training import lr_at
+    _victim_training(monkeypatch, "lr_at", lambda step, args: lr_at(step + 1, args))
+    code, data = _parity(ckpt, tmp_path, heads="BertForSequenceClassification", checks="train", extra=TRAIN_ARGS)
+    pair, t = _first_failure(data)
+    assert code == 1 and VICTIM in pair and t["path"] == "loss.step_002", t

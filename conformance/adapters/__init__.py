@@ -26,8 +26,8 @@ into ``{"last_hidden_state": a, "hidden_states.0": a, "attentions.1": a, "past_k
     adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6)
             -> dict[str, np.ndarray]
         # one AdamW step on the loss (no decay where bert_common.weights.no_weight_decay), returns the
-        # updated canonical state dict; the framework's own optimizer (torch.optim.AdamW, optax.adamw,
-        # keras.optimizers.AdamW).
+        # updated canonical state dict; the optimizer the backend's trainer uses (torch.optim.AdamW,
+        # bert_tf.training.AdamW, bert_flax.training.adamw), one update formula in every framework.
 
 Exported artifacts (``bertrio export``) are inference-only backends: ``onnx``, ``saved-model``
 (module ``saved_model``) and ``stablehlo`` implement ``available``, ``devices``, ``pin_tf32_off``,

@@ -113,18 +113,39 @@ def grads(handle, inputs) -> tuple[float, dict[str, np.ndarray]]:
 
 
 def adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6) -> dict[str, np.ndarray]:
-    """One ``optax.adamw`` step (no decay on biases and LayerNorm); returns the canonical state."""
+    """One step of ``bert_flax.training.adamw`` (the Flax trainer's optimizer: ``optax.adamw`` with torch's
+    bias correction; optax's own takes ``1 - float32(beta2)^t``, 6.4e-6 relative off the float64 truth per
+    step), no decay on biases and LayerNorm; returns the canonical state."""
     import jax
     import optax
 
     from bert_common.weights import canonical_shapes, no_weight_decay, scheme_path
     from bert_flax.modeling import _nest
+    from bert_flax.training import adamw
     # The decay mask is keyed by flax path; the rule (bert_common.weights.no_weight_decay) by canonical name.
     decay = {scheme_path(name, "flax")[0]: not no_weight_decay(name)
              for name in canonical_shapes(handle.config, handle.model_class, handle.add_pooling_layer)}
-    opt = optax.adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay, mask=_nest(decay))
+    opt = adamw(lr, b1=betas[0], b2=betas[1], eps=eps, weight_decay=weight_decay, mask=_nest(decay))
     state = opt.init(handle.params)
     g = jax.jit(jax.grad(_loss_fn(handle, inputs)))(handle.params)
     updates, _ = opt.update(g, state, handle.params)
     handle.params = optax.apply_updates(handle.params, updates)
     return handle.canonical_state_dict()
+
+
+def trains(model_class: str) -> bool:
+    """Whether ``bert_flax.training.Trainer`` has a loss for ``model_class`` (the train check)."""
+    from bert_flax.training import LOSS_TERMS
+    return model_class in LOSS_TERMS
+
+
+def train(model_class: str, config, state: Mapping[str, np.ndarray], batches, args, dtype: str = "float32",
+          device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``bert_flax.training.Trainer`` run on ``batches`` (one update each) with ``args``: (loss of every
+    update (T,) float64, final canonical fp32 weights). The trainer places the state on its own mesh."""
+    from bert_flax.training import Trainer
+    if dtype != "float32":
+        raise ValueError(f"dtype={dtype!r}: the train check runs the Flax trainer in 'float32'")
+    trainer = Trainer(build(model_class, config, state, dtype=dtype, device=device), args)
+    losses = np.asarray([trainer.step(b) for b in batches], np.float64)
+    return losses, {k: np.asarray(v, np.float32) for k, v in trainer.get_state().params.items()}

@@ -96,18 +96,21 @@ def grads(handle, inputs: Mapping[str, np.ndarray]) -> tuple[float, dict[str, np
 
 def adamw_step(handle, inputs: Mapping[str, np.ndarray], lr: float = 1e-3, weight_decay: float = 0.01,
                betas=(0.9, 0.999), eps: float = 1e-6) -> dict[str, np.ndarray]:
-    """One ``keras.optimizers.AdamW`` step; no decay on biases / LayerNorm (``no_weight_decay``).
+    """One step of ``bert_tf.training.AdamW`` (the optimizer the TF trainer uses: torch.optim.AdamW's update
+    as a Keras optimizer, no clipping here); no decay on biases / LayerNorm (``no_weight_decay``).
 
-    Keras adds epsilon to sqrt(v) before bias correction, torch after it; for this single step (t = 1)
-    passing ``eps * sqrt(1 - beta2)`` makes the two updates the same formula.
+    Not ``keras.optimizers.AdamW``: it adds eps to the uncorrected sqrt(v), and takes the bias correction
+    ``1 - beta2^t`` from ``float32(beta2)`` while its moment update uses ``1 - beta2`` from the float64
+    value, a 1.29e-5 relative disagreement for beta2 = 0.999 that moves every step 6.4e-6 relative off
+    the float64 truth (docs/tolerances.md).
     """
-    import keras
     from bert_common.weights import no_weight_decay, scheme_path
+    from bert_tf.training import AdamW
     tf = _tf()
     model = handle["model"]
     variables = model.named_variables()
-    opt = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0], beta_2=betas[1],
-                                 epsilon=eps * float(np.sqrt(1.0 - betas[1])))
+    opt = AdamW(learning_rate=lr, weight_decay=weight_decay, beta_1=betas[0], beta_2=betas[1], epsilon=eps,
+                global_clipnorm=None)
     by_path = {scheme_path(name, "tf")[0]: name for name in model.canonical_state_dict()}
     opt.exclude_from_weight_decay(var_list=[v for p, v in variables.items() if no_weight_decay(by_path[p])])
     with tf.device(_device(handle["device"])):
@@ -120,3 +123,24 @@ def adamw_step(handle, inputs: Mapping[str, np.ndarray], lr: float = 1e-3, weigh
                   for g, v in zip(tape.gradient(loss, var_list), var_list)]
         opt.apply_gradients(zip(grads_, var_list))
     return model.canonical_state_dict()
+
+
+def trains(model_class: str) -> bool:
+    """Whether ``bert_tf.training.Trainer`` has a loss for ``model_class`` (the train check)."""
+    from bert_tf.training import LOSSES
+    return model_class in LOSSES
+
+
+def train(model_class: str, config, state: Mapping[str, np.ndarray], batches, args, dtype: str = "float32",
+          device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``bert_tf.training.Trainer`` run on ``batches`` (one update each) with ``args``: (loss of every
+    update (T,) float64, final canonical fp32 weights)."""
+    from bert_tf.training import Trainer
+    if dtype != "float32":
+        raise ValueError(f"dtype={dtype!r}: the train check runs the TF trainer in 'float32'")
+    handle = build(model_class, config, state, dtype=dtype, device=device)
+    with _tf().device(_device(device)):
+        trainer = Trainer(handle["model"], args)
+        losses = np.asarray([trainer.step(b) for b in batches], np.float64)
+        params = trainer.get_state().params
+    return losses, {k: np.asarray(v, np.float32) for k, v in params.items()}

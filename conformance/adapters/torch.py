@@ -152,3 +152,29 @@ def adamw_step(handle, inputs, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), e
     opt.step()
     # The truth mode keeps float64 (dtype=None: the model's own dtype); fp32 runs return fp32.
     return handle.canonical_state_dict(dtype=None if handle.dtype == torch.float64 else "float32")
+
+
+def trains(model_class: str) -> bool:
+    """Whether ``bert_torch.training.Trainer`` has a loss for ``model_class`` (the train check)."""
+    from bert_torch.training import LOSSES
+    return model_class in LOSSES
+
+
+def train(model_class: str, config, state: Mapping[str, np.ndarray], batches, args, dtype: str = "float32",
+          device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``bert_torch.training.Trainer`` run on ``batches`` (one update each; the batch contract of
+    ``bert_common.training``) with ``args`` (``TrainingArguments``): (loss of every update (T,) float64,
+    final canonical weights). ``dtype="float64"``: the trainer's float64 master weights, the truth of the
+    train check. The trainer places the model itself (the GPU when torch sees one)."""
+    import torch
+    from bert_torch.modeling import build as _build
+    from bert_torch.training import Trainer
+    if config.attn_implementation is None:  # the same attention path in fp32 and in the float64 truth
+        config = config.replace(attn_implementation="eager")
+    master = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
+    if master is None:
+        raise ValueError(f"dtype={dtype!r}: the train check runs in 'float32' (and the 'float64' truth)")
+    trainer = Trainer(_build(model_class, config, state), args, master_dtype=master)
+    losses = np.asarray([trainer.step(b) for b in batches], np.float64)
+    params = trainer.get_state().params
+    return losses, {k: (v if dtype == "float64" else np.asarray(v, np.float32)) for k, v in params.items()}
