@@ -388,6 +388,29 @@ class Runner:
                                   diff_tensors(tr, ev, tol, case.mask, case.model_class, noise=noise)))
         return results
 
+    def varlen(self, case: Case, dtype: str = "float32") -> list[Result]:
+        """Each backend with ``attn_implementation="varlen"`` (no attention maps requested, so it runs
+        unpadded: dense layers on the kept tokens, attention per sequence) against the truth backend's
+        padded forward, on kept tokens, with the padded forward's noise. Question answering's loss is a
+        softmax over every column, dropped ones included, so it is left out where the batch has padding."""
+        tol = tolerance(dtype, self.device).for_kind("outputs")
+        noise = self.noise(case, "outputs", dtype)
+        ref, _ = self.result(self.truth, case, dtype, "outputs")
+        config = case.config.replace(attn_implementation="varlen")
+        padded = case.mask is not None and not np.all(np.asarray(case.mask) == 1)
+        keys = [k for k in sorted(ref, key=field_order) if not k.startswith(("attentions", "cross_attentions"))
+                and not (k == "loss" and padded and case.model_class == "BertForQuestionAnswering")]
+        results = []
+        for b in [b for b in self.backends if b in ALL_BACKENDS]:  # exported artifacts have no switch
+            ad = adapter(b)
+            h = ad.build(case.model_class, config, case.state, dtype=dtype, device=self.device)
+            got, dt = self._timed(b, ad.forward, h, case.inputs, output_attentions=False)
+            results.append(Result("varlen", (f"{b}[varlen]", f"{self.truth}[padded]"), case.model_class,
+                                  case.variant, dtype, self.device,
+                                  diff_tensors(got, ref, tol, case.mask, case.model_class, noise=noise, keys=keys),
+                                  {b: dt}))
+        return results
+
 
     # ------------------------------------------------------------------ the train check
     def _trained(self, backend: str, case: Case, dtype: str, reverse: bool = False
@@ -502,6 +525,8 @@ CHECKS: dict[str, Check] = {
     "adamw": Check("the weights after one AdamW step (BERT's hyper-parameters, eps 1e-6)", "adamw",
                    needs_loss=True),
     "train_mode": Check("training-mode outputs with dropout 0 equal eval-mode outputs", "train_mode"),
+    "varlen": Check("attn_implementation='varlen' (unpadded) equals the padded forward on kept tokens",
+                    "varlen", applies=lambda case: not case.config.add_cross_attention),
     "train": Check("each backend's Trainer: the loss of every update and the final weights after "
                    "--train-steps identical updates (dropout off)", "train", needs_loss=True,
                    applies=lambda case: not case.config.add_cross_attention),

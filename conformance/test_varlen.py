@@ -167,3 +167,13 @@ def test_packed_row_equals_padded_batch(variant):
         assert "last_hidden_state" in relaid
         diffs = diff_tensors(relaid, ref, tol, c.mask, "BertModel", keys=sorted(relaid), noise=noise)
         assert all(d.passed for d in diffs), [f"{b}: {d.describe()}" for d in diffs if not d.passed]
+
+
+@needs_two
+@pytest.mark.parametrize("variant", ["relative_key", "decoder"])
+def test_parity_check_varlen(variant):
+    """``bertrio parity --checks varlen``: the Runner check itself, every backend against the padded truth."""
+    model_class = "BertLMHeadModel" if VARIANTS[variant].get("is_decoder") else "BertForTokenClassification"
+    results = Runner(BACKENDS).varlen(case(variant, model_class))
+    assert len(results) == len(BACKENDS)
+    _assert(results)
