@@ -16,8 +16,13 @@ Three ways to run a model:
   ``jax.jit`` / ``jax.grad`` / sharding. Under tracing it checks inputs in-graph (see ``CHECK_MODES``).
 - ``model.module``: the Linen module itself, ``model.module.apply({"params": p}, batch)``.
 
-Every rule that is not a tensor operation comes from ``bert_common.semantics``; the pytree helpers and the
-in-graph checks for traced inputs live in ``bert_flax._jit``.
+With ``config.attn_implementation="varlen"`` a call on concrete inputs runs unpadded (the plan is made on
+the host, the encoder jitted on the packed tokens, compiled per bucketed plan shape, not per (B, S)); a
+traced call keeps the padded layout with a segment mask. That tensor code lives in ``bert_flax._varlen``.
+
+Every rule that is not a tensor operation comes from ``bert_common.semantics``; the pytree helpers, input
+validation and conversion, and generate's fixed-size cache live in ``bert_flax._jit``, the losses in
+``bert_flax._losses``.
 """
 from __future__ import annotations
 
@@ -37,9 +42,12 @@ from bert_common.config import BertConfig
 from bert_common.generation import generate as _generate_loop
 from bert_common.outputs import OUTPUT_FIELDS, OUTPUT_OF, output_for
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend
-from bert_common.validation import check_inputs, check_labels
 from bert_common.weights import init_weights, match_state_dict, to_scheme
-from bert_flax._jit import CHECK_MODES, _flat, _is_traced, _nest, in_graph_checks, past_length  # noqa: F401
+from bert_flax import _varlen
+from bert_flax._losses import (_ce, bce_with_logits, causal_lm_loss, mse_loss,  # noqa: F401
+                              sequence_classification_loss, span_loss)
+from bert_flax._jit import (CHECK_MODES, _flat, _is_traced, _nest, checked, fixed_cache_step,  # noqa: F401
+                            in_graph_checks, past_length)
 
 SCHEME = BACKEND = "flax"
 IGNORE_INDEX = semantics.IGNORE_INDEX
@@ -58,9 +66,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 ARRAY_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
                 "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
                 "labels", "next_sentence_label", "start_positions", "end_positions")
-# Integer inputs and the float inputs; everything else in ARRAY_INPUTS is a label (int or float).
-_INT_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids", "encoder_attention_mask")
-_FLOAT_INPUTS = ("head_mask", "inputs_embeds", "encoder_hidden_states")
 
 
 def _dense(features: int, name: str, config: BertConfig, dtype, param_dtype, use_bias: bool = True) -> nn.Dense:
@@ -128,6 +133,7 @@ class BertSelfAttention(nn.Module):
     encoder_hidden_states (B, E, H) for cross-attention, past_key_value (k, v) each (B, N, K', D) or None,
     eager (explicit probabilities) or the fused ``jax.nn.dot_product_attention``.
     Returns context (B, S, H), probabilities (B, N, S, K) fp32 or None when fused, present (k, v).
+    varlen unpad: hidden_states (1, T, H) and ``_varlen.Blocks`` as the mask; attention runs per block.
     """
     config: BertConfig
     is_cross_attention: bool = False
@@ -140,7 +146,7 @@ class BertSelfAttention(nn.Module):
                  past_key_value=None, eager=True):
         c = self.config
         N, D = c.num_attention_heads, c.head_dim
-        B, S, _ = hidden_states.shape
+        S = hidden_states.shape[1]
         dense = functools.partial(_dense, c.hidden_size, config=c, dtype=self.dtype, param_dtype=self.param_dtype)
 
         def heads(x):  # (B, T, H) -> (B, N, T, D)
@@ -157,16 +163,25 @@ class BertSelfAttention(nn.Module):
             if past_key_value is not None:
                 k = jnp.concatenate([past_key_value[0].astype(k.dtype), k], axis=2)  # (B, N, K, D)
                 v = jnp.concatenate([past_key_value[1].astype(v.dtype), v], axis=2)
+        present, blocks = (k, v), attention_mask
+        if isinstance(blocks, _varlen.Blocks):  # unpad: (1, N, T, D) -> one block per sequence (G, N, L, D)
+            q, k, v = (_varlen.to_blocks(x, blocks) for x in (q, k, v))
+            attention_mask = blocks.mask
         relative = None
         if c.is_relative and not self.is_cross_attention:
-            K = k.shape[2]  # queries sit after the K - S cached keys
-            index = semantics.relative_distance_index(jnp.arange, S, K, K - S, c.max_position_embeddings)
-            r = nn.Embed(2 * c.max_position_embeddings - 1, D, dtype=self.dtype, param_dtype=self.param_dtype,
+            M = c.max_position_embeddings
+            if isinstance(blocks, _varlen.Blocks):
+                index = blocks.relative                                           # (G, L, L)
+            else:  # queries sit after the K - S cached keys. Clipped: a packed varlen row may be longer
+                K = k.shape[2]  # than M (its cross-sequence pairs are masked but must index a real row)
+                index = jnp.clip(semantics.relative_distance_index(jnp.arange, S, K, K - S, M), 0, 2 * M - 2)
+            r = nn.Embed(2 * M - 1, D, dtype=self.dtype, param_dtype=self.param_dtype,
                          embedding_init=nn.initializers.normal(c.initializer_range),
-                         name="distance_embedding")(index)                        # (S, K, D)
-            relative = jnp.einsum("bnsd,skd->bnsk", q, r)
+                         name="distance_embedding")(index)                        # ([G,] S, K, D)
+            rel = "skd->bnsk" if index.ndim == 2 else "bskd->bnsk"
+            relative = jnp.einsum("bnsd," + rel, q, r)
             if c.position_embedding_type == "relative_key_query":
-                relative = relative + jnp.einsum("bnkd,skd->bnsk", k, r)
+                relative = relative + jnp.einsum("bnkd," + rel, k, r)
         probs = None
         if eager:
             scores = jnp.einsum("bnsd,bnkd->bnsk", q, k)                           # (B, N, S, K)
@@ -184,8 +199,10 @@ class BertSelfAttention(nn.Module):
             context = jax.nn.dot_product_attention(
                 q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
                 bias=bias.astype(q.dtype), scale=1.0 / math.sqrt(D)).transpose(0, 2, 1, 3)  # (B, N, S, D)
-        context = context.transpose(0, 2, 1, 3).reshape(B, S, N * D)               # (B, S, H)
-        return context, probs, (k, v)
+        context = context.transpose(0, 2, 1, 3).reshape(q.shape[0], q.shape[2], N * D)  # (B, S, H)
+        if isinstance(blocks, _varlen.Blocks):
+            context = _varlen.from_blocks(context, blocks)                         # (G, L, H) -> (1, T, H)
+        return context, probs, present
 
 
 class BertSelfOutput(nn.Module):
@@ -375,6 +392,11 @@ class BertModule(nn.Module):
         kw = dict(config=c, dtype=self.dtype, param_dtype=self.param_dtype)
         ids, embeds = batch.get("input_ids"), batch.get("inputs_embeds")
         B, S = ids.shape if ids is not None else embeds.shape[:2]
+        if _varlen.ENCODED in batch:  # varlen unpad, second half: the encoder ran on packed tokens
+            out = _varlen.scatter_outputs(batch[_varlen.ENCODED], B, S)
+            if self.add_pooling_layer:
+                out["pooler_output"] = BertPooler(name="pooler", **kw)(out["last_hidden_state"])
+            return out
         past = batch.get("past_key_values")
         P = past_length(past)
         position_ids = batch.get("position_ids")
@@ -386,10 +408,14 @@ class BertModule(nn.Module):
         h = BertEmbeddings(deterministic=self.deterministic, name="embeddings", **kw)(
             ids, token_type_ids, position_ids, embeds)                                 # (B, S, H)
         mask = batch.get("attention_mask")
-        if mask is None:
-            mask = jnp.ones((B, P + S), jnp.int32)
         mask_dtype = jnp.dtype(semantics.mask_dtype(self.eager, jnp.dtype(self.dtype).name))
-        mask = additive_mask(mask, S, c.is_decoder, mask_dtype)                        # (B, 1, 1|S, K)
+        if _varlen.PLAN in batch:  # varlen unpad: (1, T) packed tokens, attention within the plan's blocks
+            mask = _varlen.blocks(batch[_varlen.PLAN], mask_dtype)
+        elif c.attn_implementation == "varlen":  # varlen segments: padded layout, attention per sequence
+            mask = _varlen.segment_mask(mask, batch.get("position_ids"), (B, S), c.is_decoder, mask_dtype)
+        else:
+            mask = additive_mask(jnp.ones((B, P + S), jnp.int32) if mask is None else mask, S, c.is_decoder,
+                                 mask_dtype)                                           # (B, 1, 1|S, K)
         enc_hidden, enc_mask = batch.get("encoder_hidden_states"), None
         if c.add_cross_attention and (enc_hidden is not None or (past and len(past[0]) == 4)):
             enc_mask = batch.get("encoder_attention_mask")
@@ -451,6 +477,7 @@ class BertPreTrainedModel:
                                compiler_options=dict(compiler_options) if compiler_options else None)
         # JAX accepts compiler_options only on a top-level jit; under jax.grad (traced params) this one runs.
         self._jitted_nested = jax.jit(self._traced_forward, static_argnames=("flags",))
+        self._unpad = _varlen.Unpadded(self, BertModule, compiler_options)  # varlen's packed encoder
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -474,7 +501,9 @@ class BertPreTrainedModel:
         """
         batch = {k: v for k, v in semantics.check_call_args(self.model_class, inputs).items() if v is not None}
         flags = self._flags(train, output_attentions, output_hidden_states, use_cache, batch)
-        batch = self._checked(batch, check)
+        raw, batch = batch, checked(self.config, self.model_class, batch, check)
+        if flags[-1] == "unpad":
+            return self._unpad(params, raw, batch, dropout_rng, flags)
         return self._forward(params, batch, dropout_rng, flags)
 
     def _flags(self, train, output_attentions, output_hidden_states, use_cache, batch) -> tuple:
@@ -483,10 +512,12 @@ class BertPreTrainedModel:
         eager, note = semantics.attention_path(self.config, BACKEND, bool(output_attentions), "head_mask" in batch)
         if note:
             self._warn_once("sdpa_fallback", note)
-        return bool(train), bool(output_attentions), bool(output_hidden_states), use_cache, eager
+        concrete = not any(_is_traced(x) for x in jax.tree_util.tree_leaves(batch))
+        varlen = semantics.varlen_mode(self.config, concrete, bool(output_attentions), batch)  # a static key
+        return bool(train), bool(output_attentions), bool(output_hidden_states), use_cache, eager, varlen
 
     def _forward(self, params, batch, dropout_rng, flags) -> dict:
-        train, output_attentions, output_hidden_states, use_cache, eager = flags
+        train, output_attentions, output_hidden_states, use_cache, eager, _ = flags
         if train and dropout_rng is None and self._has_dropout():
             raise ValueError("train=True needs dropout_rng (a jax.random key); dropout uses an explicit rng")
         module = self.module.clone(deterministic=not train, output_attentions=output_attentions,
@@ -505,66 +536,6 @@ class BertPreTrainedModel:
     def _traced_forward(self, params, batch, dropout_rng, flags):
         self.trace_count += 1  # Python side effect: runs once per compilation, never per call
         return self._forward(params, batch, dropout_rng, flags)
-
-    # ---------------------------------------------------------------- inputs
-    def _encoder_view(self, batch: dict) -> dict:
-        """The batch as the encoder sees it (multiple choice flattens (B, C, S) -> (B*C, S))."""
-        if self.model_class != "BertForMultipleChoice":
-            return batch
-        _, plan = semantics.choice_plan({k: None if batch.get(k) is None else np.shape(batch[k])
-                                         for k in semantics.CHOICE_RANKS})
-        return {**batch, **{k: batch[k].reshape(plan[k]) for k in plan}}
-
-    def _lead_shape(self, batch: dict) -> tuple:
-        ids = batch.get("input_ids")
-        return tuple(np.shape(ids)) if ids is not None else tuple(np.shape(batch["inputs_embeds"]))[:-1]
-
-    def _checked(self, batch: dict, mode: str) -> dict:
-        """Validate (on the host when concrete, in-graph per ``mode`` when traced), then convert."""
-        labels = {k: batch[k] for k in self.label_names if k in batch}
-        if any(_is_traced(x) for x in jax.tree_util.tree_leaves(batch)):
-            lead = self._lead_shape(batch)
-            choices = lead[1] if self.model_class == "BertForMultipleChoice" and len(lead) == 3 else None
-            in_graph_checks(self.config, self._encoder_view(batch), mode, self.model_class, labels, choices)
-            return self._prepare(batch)
-        if semantics.has_loss(self.model_class, labels):
-            arrays = {k: np.asarray(v) for k, v in labels.items()}
-            problem = None
-            if self.model_class == "BertForSequenceClassification":
-                problem = semantics.problem_type(self.config, np.issubdtype(arrays["labels"].dtype, np.integer))
-            check_labels(self.config, self.model_class, arrays, self._lead_shape(batch), problem)
-        view = self._encoder_view({k: np.asarray(v) if k != "past_key_values" else v for k, v in batch.items()})
-        check_inputs(self.config, input_ids=view.get("input_ids"), token_type_ids=view.get("token_type_ids"),
-                     position_ids=view.get("position_ids"), attention_mask=view.get("attention_mask"),
-                     inputs_embeds_shape=None if view.get("inputs_embeds") is None else view["inputs_embeds"].shape,
-                     past_length=past_length(view.get("past_key_values")),
-                     encoder_hidden_shape=None if view.get("encoder_hidden_states") is None
-                     else np.shape(view["encoder_hidden_states"]),
-                     encoder_attention_mask=view.get("encoder_attention_mask"))
-        ehs = view.get("encoder_hidden_states")
-        if ehs is not None and not self.config.add_cross_attention:
-            raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
-        if ehs is not None and (np.ndim(ehs) != 3 or np.shape(ehs)[-1] != self.config.hidden_size):
-            raise ValueError(f"encoder_hidden_states has shape {tuple(np.shape(ehs))} but must be "
-                             f"(batch, encoder seq, config.hidden_size={self.config.hidden_size})")
-        if "head_mask" in batch:
-            semantics.head_mask_kind(self.config, np.shape(batch["head_mask"]))
-        return self._prepare(batch)
-
-    def _prepare(self, batch: dict) -> dict:
-        """NumPy/JAX inputs -> JAX arrays with fixed dtypes (int32 ids and masks, float32 states)."""
-        out = {}
-        for k, v in batch.items():
-            if k == "past_key_values":
-                out[k] = tuple(tuple(jnp.asarray(t) for t in layer) for layer in v)
-            elif k in _INT_INPUTS:
-                out[k] = jnp.asarray(v, jnp.int32)
-            elif k in _FLOAT_INPUTS:
-                out[k] = jnp.asarray(v, jnp.float32)
-            else:  # labels: ints stay int32, floats (regression, multi-label) float32
-                a = v if _is_traced(v) else np.asarray(v)
-                out[k] = jnp.asarray(a, jnp.int32 if jnp.issubdtype(a.dtype, jnp.integer) else jnp.float32)
-        return out
 
     # ---------------------------------------------------------------- the call
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -590,8 +561,10 @@ class BertPreTrainedModel:
         flags = self._flags(train, output_attentions, output_hidden_states, use_cache, batch)
         params = self.params if params is None else params
         traced = any(_is_traced(x) for x in jax.tree_util.tree_leaves(batch))
-        batch = self._checked(batch, self.check_mode)
-        if traced:  # called under a user's jit: their jit compiles the forward
+        raw, batch = batch, checked(self.config, self.model_class, batch, self.check_mode)
+        if flags[-1] == "unpad":  # varlen on concrete inputs: the plan is made here, on the host
+            out = self._unpad(params, raw, batch, dropout_rng, flags)
+        elif traced:  # called under a user's jit: their jit compiles the forward
             out = self._forward(params, batch, dropout_rng, flags)
         else:
             if flags[0] and dropout_rng is None and self._has_dropout():
@@ -718,45 +691,6 @@ class BertPreTrainingHeads(nn.Module):
 BertClsHeads = BertPreTrainingHeads  # the name before the three backends agreed on HF's
 
 
-def _ce(logits, labels, ignore_index: int = IGNORE_INDEX):
-    """Mean CE over labels != ignore_index (HF's CrossEntropyLoss). logits (..., C), labels (...) int.
-
-    Every label ignored gives 0/0 = NaN, as in HF.
-    """
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    keep = labels != ignore_index
-    picked = jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
-    return -(picked * keep).sum() / keep.sum()
-
-
-def mse_loss(pred, target):
-    return jnp.mean((pred.astype(jnp.float32) - target.astype(jnp.float32)) ** 2)
-
-
-def bce_with_logits(logits, targets):
-    """Mean binary CE on logits, in the stable form max(x, 0) - x*y + log(1 + exp(-|x|))."""
-    x, y = logits.astype(jnp.float32), targets.astype(jnp.float32)
-    return jnp.mean(jnp.maximum(x, 0) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
-
-
-def causal_lm_loss(logits, labels):
-    """Next-token CE: logits[:, :-1] (B, S-1, V) against labels[:, 1:] (B, S-1), ignoring -100."""
-    return _ce(logits[:, :-1], labels[:, 1:])
-
-
-def sequence_classification_loss(logits, labels, config: BertConfig):
-    """Loss chosen by ``semantics.problem_type``: MSE (regression), CE (single label), BCE-with-logits
-    (multi-label, mean). logits (B, L)."""
-    problem = semantics.problem_type(config, jnp.issubdtype(labels.dtype, jnp.integer))
-    if problem == "regression":
-        if config.num_labels == 1:
-            return mse_loss(logits.reshape(-1), labels.reshape(-1))
-        return mse_loss(logits, labels)
-    if problem == "single_label_classification":
-        return _ce(logits.reshape(-1, config.num_labels), labels.reshape(-1).astype(jnp.int32))
-    return bce_with_logits(logits, labels)
-
-
 class _HeadModel(nn.Module):
     """Base of the head Linen modules: the ``bert`` encoder and the flags, shared."""
     config: BertConfig
@@ -877,14 +811,6 @@ class BertForTokenClassificationModule(_HeadModel):
         return res
 
 
-def span_loss(start_logits, end_logits, start_positions, end_positions):
-    """(CE(start) + CE(end)) / 2; positions (B,) clamped to [0, S] and S (outside the text) ignored."""
-    S = start_logits.shape[1]
-    sp = jnp.clip(start_positions.reshape(-1), 0, S)
-    ep = jnp.clip(end_positions.reshape(-1), 0, S)
-    return (_ce(start_logits, sp, ignore_index=S) + _ce(end_logits, ep, ignore_index=S)) / 2
-
-
 class BertForQuestionAnsweringModule(_HeadModel):
     @nn.compact
     def __call__(self, batch):
@@ -918,16 +844,18 @@ class BertLMHeadModel(BertPreTrainedModel):
 
         The loop and the sampling are ``bert_common.generation.generate`` (shared NumPy), so the same seed
         gives the same tokens in every backend. Each step feeds the new token, the cache and the encoder
-        states (their keys/values are computed on the first step and reused from the cache).
+        states (their keys/values are computed on the first step and reused from the cache). The cache has
+        a fixed size (``_jit.fixed_cache_step``): the prompt compiles once, every later step once.
         """
         semantics.check_generate(self.config)
         eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
+        encoder = dict(encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
 
-        def step(feed, mask, past):
-            out = self(feed, attention_mask=mask, past_key_values=past, use_cache=True,
-                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
+        def growing(feed, mask, past):  # when a fixed window would pass max_position_embeddings
+            out = self(feed, attention_mask=mask, past_key_values=past, use_cache=True, **encoder)
             return np.asarray(out.logits[:, -1], np.float32), out.past_key_values
 
+        step = fixed_cache_step(self, input_ids, max_new_tokens, **encoder) or growing
         return _generate_loop(step, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
                               top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
                               eos_token_id=eos, pad_token_id=pad)
