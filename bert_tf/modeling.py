@@ -566,6 +566,22 @@ class BertModel(BertPreTrainedModel):
         self.encoder = BertEncoder(self.config, dtype, "encoder")
         self.pooler = BertPooler(self.config, dtype, "pooler") if self.add_pooling_layer else None
 
+    def _packed_program(self, inputs, blocks, head_mask, flags):
+        """varlen "unpad": embeddings + encoder on the packed (1, T) inputs and ``Blocks``, as one
+        ``tf.function`` per model (``reduce_retracing``: after a second plan shape it traces once with
+        unknown T, G, L). ``flags`` (use_cache, output_attentions, output_hidden_states, eager, training) are
+        Python values and part of the trace key."""
+        if getattr(self, "_packed_fn", None) is None:
+            def run(inputs, blocks, head_mask, flags):
+                use_cache, output_attentions, output_hidden_states, eager, training = flags
+                x = self.embeddings(**inputs, past_length=0, training=training)
+                return self.encoder(x, attention_mask=blocks, head_mask=head_mask, encoder_hidden_states=None,
+                                    encoder_attention_mask=None, past_key_values=None, past_length=0,
+                                    use_cache=use_cache, output_attentions=output_attentions,
+                                    output_hidden_states=output_hidden_states, eager=eager, training=training)
+            self._packed_fn = tf.function(run, reduce_retracing=True)
+        return self._packed_fn(inputs, blocks, head_mask, flags)
+
     def head_mask_per_layer(self, head_mask):
         """None | (N,) | (L, N) -> None or a per-layer list of (N,) float tensors."""
         if head_mask is None:
@@ -635,12 +651,20 @@ class BertModel(BertPreTrainedModel):
             enc_mask = additive_mask(em, S, 0, False, mask_dtype)                           # (B, 1, 1, E)
             if enc_hidden is not None:
                 enc_hidden = tf.cast(enc_hidden, self.compute_dtype)
-        x = self.embeddings(**inputs, past_length=past_length, training=training)
-        x = poison(c, x, ids, a["token_type_ids"], a["position_ids"], a["attention_mask"])  # XLA only
-        enc = self.encoder(x, attention_mask=ext_mask, head_mask=self.head_mask_per_layer(a["head_mask"]),
-                           encoder_hidden_states=enc_hidden, encoder_attention_mask=enc_mask, past_key_values=past,
-                           past_length=past_length, use_cache=use_cache, output_attentions=a["output_attentions"],
-                           output_hidden_states=a["output_hidden_states"], eager=eager, training=training)
+        if mode == "unpad":
+            # The packed program runs as one graph (shapes relaxed after the first retrace): eager TF would
+            # dispatch every op from Python, which costs more than the padding the plan removed.
+            flags = (bool(use_cache), bool(a["output_attentions"]), bool(a["output_hidden_states"]), eager,
+                     bool(training))
+            enc = self._packed_program(inputs, ext_mask, self.head_mask_per_layer(a["head_mask"]), flags)
+        else:
+            x = self.embeddings(**inputs, past_length=past_length, training=training)
+            x = poison(c, x, ids, a["token_type_ids"], a["position_ids"], a["attention_mask"])  # XLA only
+            enc = self.encoder(x, attention_mask=ext_mask, head_mask=self.head_mask_per_layer(a["head_mask"]),
+                               encoder_hidden_states=enc_hidden, encoder_attention_mask=enc_mask,
+                               past_key_values=past, past_length=past_length, use_cache=use_cache,
+                               output_attentions=a["output_attentions"],
+                               output_hidden_states=a["output_hidden_states"], eager=eager, training=training)
         if mode:  # back to (B, S, H) with 0 at dropped tokens
             enc = restore(enc, unpadded, mask)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
