@@ -44,7 +44,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bert_common.config import BertConfig
-from bert_common.semantics import IGNORE_INDEX, problem_type
+from bert_common.semantics import IGNORE_INDEX, packed_rows, problem_type
 from bert_common.training import CLIP_EPS, TrainingArguments, TrainState, decays, lr_at
 from bert_common.validation import check_inputs
 from bert_common.weights import canonical_shapes, scheme_path, to_scheme
@@ -420,7 +420,8 @@ class Trainer:
             raise ValueError(f"batch of {rows} rows does not divide over --devices {N} x "
                              f"gradient_accumulation_steps {K} = {K * N} (set --batch-size to a multiple of {K * N})")
         check_inputs(self.config, input_ids=ids, token_type_ids=batch.get("token_type_ids"),
-                     position_ids=batch.get("position_ids"), attention_mask=batch.get("attention_mask"))
+                     position_ids=batch.get("position_ids"), attention_mask=batch.get("attention_mask"),
+                     packed=packed_rows(self.config, batch.get("position_ids")))
         out = {}
         for k in MODEL_INPUTS:
             if batch.get(k) is not None:
