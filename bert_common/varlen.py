@@ -33,17 +33,24 @@ themselves in blocks of their own, and are scattered to a discarded row, so they
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Plan", "make_plan", "segment_ids", "block_allowed", "block_relative_index", "pack",
+__all__ = ["Plan", "make_plan", "geometric_multiple", "segment_ids", "block_allowed", "block_relative_index", "pack",
            "position_ids_from_cu_seqlens", "cu_seqlens_from_position_ids", "round_up"]
 
 
 def round_up(n: int, multiple: int) -> int:
     """Smallest multiple of ``multiple`` that is >= n (n itself when ``multiple`` <= 1)."""
     return n if multiple <= 1 else -(-n // multiple) * multiple
+
+
+def geometric_multiple(n: int, floor: int, steps: int) -> int:
+    """The multiple a size ``n`` is rounded up to when bucketing geometrically: max(floor,
+    2**floor(log2 n) / steps). Each doubling of n then brings at most ``steps`` distinct rounded sizes, and
+    rounding wastes less than 1/steps of n."""
+    return max(floor, (1 << (max(int(n), 1).bit_length() - 1)) // steps)
 
 
 def _starts(kept: np.ndarray, position_ids: np.ndarray | None) -> np.ndarray:
@@ -121,12 +128,15 @@ class Plan:
 
 
 def make_plan(attention_mask: np.ndarray | None, position_ids: np.ndarray | None, shape: tuple[int, int], *,
-              token_multiple: int = 1, length_multiple: int = 1, block_multiple: int = 1) -> Plan:
+              token_multiple: int = 1, length_multiple: int = 1, block_multiple: int = 1,
+              buckets: Mapping[str, tuple[int, int]] | None = None) -> Plan:
     """The plan of a (B, S) batch: concrete ``attention_mask`` (B, S) 0/1 or None (all kept) and
     ``position_ids`` (B, S) / (1, S) or None (then every row is one sequence).
 
     ``token_multiple``, ``length_multiple``, ``block_multiple`` round T, L and G up (dummy tokens fill
     the difference) so that a jitted backend sees few distinct shapes; 1 = exact sizes (eager backends).
+    ``buckets`` ({"token" | "length" | "block": (floor, steps)}) instead derives each multiple from the
+    exact size with :func:`geometric_multiple`.
     """
     B, S = (int(d) for d in shape)
     kept = np.ones((B, S), bool) if attention_mask is None else np.asarray(attention_mask).reshape(B, S) != 0
@@ -138,6 +148,10 @@ def make_plan(attention_mask: np.ndarray | None, position_ids: np.ndarray | None
     cu = np.append(begin, T0).astype(np.int32)
     lengths = np.diff(cu)
     G0 = len(lengths)
+    if buckets:
+        exact = {"token": max(T0, 1), "length": int(lengths.max()) if G0 else 1, "block": G0}
+        token_multiple, length_multiple, block_multiple = (
+            geometric_multiple(exact[k], *buckets[k]) if k in buckets else 1 for k in ("token", "length", "block"))
     L = round_up(max(int(lengths.max()) if G0 else 1, 1), length_multiple)
     T = round_up(max(T0, 1), token_multiple)
     dummies = T - T0
@@ -173,11 +187,19 @@ def block_allowed(plan: Plan, causal: bool) -> np.ndarray:
     return keys & (cols[:, None, :] <= cols[:, :, None])                               # G,L,L
 
 
-def block_relative_index(plan: Plan, max_positions: int) -> np.ndarray:
+def block_relative_index(plan: Plan, max_positions: int, shared: bool = False) -> np.ndarray:
     """(G, L, L) int32 index into ``distance_embedding`` for relative position types: query column − key
     column + max_positions − 1 (``semantics.relative_distance_index`` on each block), clipped into
-    [0, 2 * max_positions − 2] so that empty and dummy slots index a real row."""
+    [0, 2 * max_positions − 2] so that empty and dummy slots index a real row.
+
+    ``shared=True`` returns one (L, L) lane-difference index instead when it equals every block's on
+    its real token pairs (each sequence on consecutive columns, the usual case): G times less memory
+    and gather work. Pairs with an empty slot are masked or discarded either way."""
     cols = plan.block_columns.astype(np.int64)
+    lanes = np.arange(cols.shape[1])
+    if shared and np.all(~plan.valid | (cols - cols[:, :1] == lanes)):
+        index = lanes[:, None] - lanes[None, :] + (max_positions - 1)
+        return np.clip(index, 0, 2 * max_positions - 2).astype(np.int32)
     index = cols[:, :, None] - cols[:, None, :] + (max_positions - 1)
     return np.clip(index, 0, 2 * max_positions - 2).astype(np.int32)
 

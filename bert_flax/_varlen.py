@@ -40,18 +40,13 @@ BUCKETS = {"token": (64, 8), "length": (8, 2), "block": (8, 2)}
 _TOKEN_INPUTS = ("input_ids", "token_type_ids", "position_ids", "inputs_embeds")
 
 
-def _multiple(n: int, floor: int, steps: int) -> int:
-    return max(floor, (1 << (max(int(n), 1).bit_length() - 1)) // steps)
+_multiple = varlen.geometric_multiple  # the rounding rule, shared in bert_common.varlen
 
 
 def bucketed_plan(attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
                   shape: tuple[int, int]) -> varlen.Plan:
-    """``varlen.make_plan`` with T, L, G rounded up per :data:`BUCKETS` (exact sizes measured first)."""
-    T0, G0, L0 = varlen.make_plan(attention_mask, position_ids, shape).shape
-    sizes = {"token": T0, "length": L0, "block": G0}
-    multiples = {k: _multiple(sizes[k], *BUCKETS[k]) for k in BUCKETS}
-    return varlen.make_plan(attention_mask, position_ids, shape, token_multiple=multiples["token"],
-                            length_multiple=multiples["length"], block_multiple=multiples["block"])
+    """``varlen.make_plan`` with T, L, G rounded up per :data:`BUCKETS` (from the exact sizes, one pass)."""
+    return varlen.make_plan(attention_mask, position_ids, shape, buckets=BUCKETS)
 
 
 def plan_arrays(plan: varlen.Plan, config: BertConfig) -> dict[str, np.ndarray]:

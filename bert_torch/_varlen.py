@@ -58,18 +58,6 @@ def _host(x: torch.Tensor | None) -> np.ndarray | None:
     return None if x is None else x.detach().cpu().numpy()
 
 
-def relative_index(plan: varlen.Plan, max_positions: int) -> np.ndarray:
-    """``varlen.block_relative_index`` on every pair of real tokens, as (L, L) when it is the same for
-    every block (each sequence sits on consecutive columns, so a column difference is a lane difference),
-    else the (G, L, L) table itself. Pairs with an empty slot are masked or discarded either way."""
-    cols, valid = plan.block_columns, plan.valid
-    lanes = np.arange(cols.shape[1])
-    if np.all(~valid | (cols - cols[:, :1] == lanes)):
-        index = lanes[:, None] - lanes[None, :] + (max_positions - 1)
-        return np.clip(index, 0, 2 * max_positions - 2)
-    return varlen.block_relative_index(plan, max_positions)
-
-
 def unpad(config: BertConfig, input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask,
           mask_dtype: torch.dtype) -> Unpadded:
     """Concrete (B, S) inputs (ids int64 or ``inputs_embeds`` (B, S, H); mask, types, positions (B, S) or
@@ -109,7 +97,7 @@ def unpad(config: BertConfig, input_ids, token_type_ids, position_ids, inputs_em
             ~allowed_t, torch.finfo(mask_dtype).min)[:, None]                                  # G,1,1|L,L
     relative = None
     if config.position_embedding_type != "absolute":
-        relative = torch.from_numpy(relative_index(plan, config.max_position_embeddings).astype(np.int64)).to(dev)
+        relative = torch.from_numpy(varlen.block_relative_index(plan, config.max_position_embeddings, shared=True).astype(np.int64)).to(dev)
     blocks = Blocks(gather=torch.from_numpy(plan.gather.astype(np.int64)).to(dev),
                     slot=torch.from_numpy(plan.slot.astype(np.int64)).to(dev), mask=mask, relative=relative)
     return Unpadded(inputs, blocks, token_index, (B, S))

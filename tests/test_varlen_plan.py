@@ -136,3 +136,16 @@ def test_varlen_mode_table():
         semantics.varlen_mode(c, True, False, {"past_key_values": ((1, 2),)})
     assert semantics.attention_path(c, "torch", True, False) == (True, None)
     assert semantics.attention_path(c, "torch", False, False) == (False, None)
+
+
+def test_shared_relative_index_equals_every_block_on_real_pairs():
+    mask = np.array([[1, 1, 1, 0], [0, 1, 1, 1], [1, 0, 1, 1]])  # right, left padding, a hole
+    M = 8
+    contiguous = varlen.make_plan(mask[:2], None, (2, 4))
+    shared = varlen.block_relative_index(contiguous, M, shared=True)
+    full = varlen.block_relative_index(contiguous, M)
+    assert shared.shape == (3, 3) and full.shape == (2, 3, 3)
+    pairs = contiguous.valid[:, :, None] & contiguous.valid[:, None, :]
+    np.testing.assert_array_equal(np.broadcast_to(shared, full.shape)[pairs], full[pairs])
+    holed = varlen.make_plan(mask, None, mask.shape)  # row 2's columns 0, 2, 3 are not consecutive
+    assert varlen.block_relative_index(holed, M, shared=True).shape == (3, 3, 3)
