@@ -21,7 +21,7 @@ from bert_common.testing import random_inputs, tiny_config  # noqa: E402
 from bert_common.training import TrainingArguments, clip_coefficient, decays, lr_at  # noqa: E402
 from bert_common.training.synthetic import SyntheticPretrainingDataset  # noqa: E402
 from bert_torch import MODEL_CLASSES, BertForPreTraining  # noqa: E402
-from bert_torch.training import Trainer  # noqa: E402
+from bert_torch.training import SPARSE_MLM, Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = tiny_config()
@@ -135,6 +135,31 @@ def test_step_loss_is_the_models_hf_loss(model_class):
         want = float(model(**batch, return_dict=True).loss)
     trainer = Trainer(model, _args(batch_size=4, gradient_accumulation_steps=2))
     assert trainer.step(batch) == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("model_class", sorted(SPARSE_MLM))
+def test_labelled_positions_only_is_the_full_logits_update(monkeypatch, model_class):
+    """The MLM head at labelled positions only (SPARSE_MLM) gives the full-logits path's loss and update: in
+    float64 they agree to rounding (1e-12), and the sparse path really ran on fewer rows."""
+    batch = _batch(0)
+    if model_class == "BertForMaskedLM":
+        del batch["next_sentence_label"]
+    n = int((batch["labels"] != -100).sum())
+    assert 0 < n < batch["labels"].size
+    seen = []
+
+    def run(sparse: bool):
+        monkeypatch.setattr("bert_torch.training.SPARSE_MLM", SPARSE_MLM if sparse else {})
+        trainer = Trainer(MODEL_CLASSES[model_class](CONFIG, seed=0), _args(), master_dtype=torch.float64)
+        trainer.model.cls.predictions.register_forward_hook(lambda m, i, o: seen.append(o.shape[:-1].numel()))
+        losses = [trainer.step(batch) for _ in range(2)]
+        return losses, trainer.get_state().params
+
+    (sparse_losses, sparse_w), (full_losses, full_w) = run(True), run(False)
+    assert seen == [n, n, batch["labels"].size, batch["labels"].size]
+    np.testing.assert_allclose(sparse_losses, full_losses, rtol=1e-12)
+    for k in full_w:
+        np.testing.assert_allclose(sparse_w[k], full_w[k], rtol=0, atol=1e-12, err_msg=k)
 
 
 def test_state_round_trip_continues_identically():
