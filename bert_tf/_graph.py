@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from bert_common import semantics
 from bert_common.config import BertConfig
 from bert_common.validation import (check_inputs, check_rank, empty_message, input_limits, label_range_message, label_rules, length_message,
                                     mask_value_message, range_message, shape_message)
@@ -147,6 +148,31 @@ def validate_inputs(config: BertConfig, *, input_ids=None, token_type_ids=None, 
         checks.append(_mask_value_check("encoder_attention_mask", encoder_attention_mask))
     return checks
 
+
+
+def checked_inputs(config: BertConfig, a: dict, input_ids, inputs_embeds, past_length):
+    """``validate_inputs`` for one forward of ``BertModel``: ``a`` the prepared call arguments, ``input_ids``
+    and ``inputs_embeds`` (already in the compute dtype) as the model uses them. Returns ``(a, input_ids,
+    inputs_embeds)``; under tracing every one of them that a kernel gathers or broadcasts becomes an
+    identity depending on the asserts (the same objects when there are none)."""
+    checks = validate_inputs(config, input_ids=input_ids, token_type_ids=a["token_type_ids"],
+                             position_ids=a["position_ids"], attention_mask=a["attention_mask"],
+                             inputs_embeds=inputs_embeds, past_length=past_length,
+                             encoder_hidden_states=a["encoder_hidden_states"],
+                             encoder_attention_mask=a["encoder_attention_mask"],
+                             packed=semantics.packed_rows(config, a["position_ids"]))
+    if not checks:
+        return a, input_ids, inputs_embeds
+    # Every kernel depends on the checks (CPU gathers would raise first, GPU ones return 0), and every
+    # gathered or broadcast input, not only the ids: a position or token-type gather that does not wait
+    # for the asserts may fail first with TF's own message.
+    with tf.control_dependencies(checks):
+        input_ids = None if input_ids is None else tf.identity(input_ids)
+        inputs_embeds = None if inputs_embeds is None else tf.identity(inputs_embeds)
+        a = {**a, **{k: tf.identity(a[k]) for k in ("token_type_ids", "position_ids", "attention_mask",
+                                                     "encoder_hidden_states", "encoder_attention_mask")
+                     if a.get(k) is not None}}
+    return a, input_ids, inputs_embeds
 
 def _static_checks(config: BertConfig, base, is_ids: bool) -> None:
     """Rank and zero length, known while tracing: raised at once as the eager ValueError."""

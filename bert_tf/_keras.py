@@ -1,6 +1,7 @@
 """Keras plumbing kept out of ``modeling.py``: input conversion and packing, the variable walk, a dense
-gradient for embedding gathers, gradient checkpointing, host-side validation, the XLA entry point and the
-``fit`` / ``predict`` hooks."""
+gradient for embedding gathers, the layer base ``_Module`` with the ``Dense`` and ``Embedding`` layers the
+module tree is built from (what ``nn.Linear`` / ``nn.Embedding`` are to torch), gradient checkpointing,
+host-side validation, the XLA entry point and the ``fit`` / ``predict`` hooks."""
 from __future__ import annotations
 
 import warnings
@@ -11,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from bert_common import semantics
+from bert_common.config import BertConfig
 from bert_common.validation import check_inputs, check_labels
 
 _ARG_NAMES = semantics.COMMON_ARGS + semantics.ENCODER_ARGS + semantics.CACHE_ARGS + (
@@ -71,6 +73,59 @@ def _gather(table, ids):
         flat = tf.reshape(dy, [-1, tf.shape(table)[1]])
         return tf.math.unsorted_segment_sum(flat, tf.reshape(ids, [-1]), rows), None
     return tf.gather(table, ids), grad
+
+
+def _linear(x, kernel, bias=None):
+    """(..., in) @ (in, out) [+ (out,)] -> (..., out), as one 2-D matmul (fastest path, XLA friendly)."""
+    shape = tf.shape(x)
+    y = tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel)
+    if bias is not None:
+        y = y + bias
+    return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[1]]], 0))
+
+
+class _Module(keras.layers.Layer):
+    """Base of every bert_tf layer: weights are created at construction (the model is built at once).
+
+    ``output`` is a class attribute here so the canonical sub-module name ``output`` can be an instance
+    attribute (Keras' ``Layer.output`` property would refuse it).
+    """
+    output = None
+
+    def __init__(self, config: BertConfig, dtype=None, name=None):
+        super().__init__(dtype=dtype, name=name)
+        self.config = config
+        # Dtypes are handled explicitly (the additive mask must stay fp32; Keras would cast it to fp16).
+        self._convert_input_args = False
+
+    def weight(self, name: str, shape) -> keras.Variable:
+        # The value is filled from bert_common.weights right after the model is constructed.
+        return self.add_weight(name=name, shape=tuple(shape), initializer="zeros")
+
+
+class Dense(_Module):
+    """x (..., in) -> (..., out); ``kernel`` (in, out) is the canonical weight transposed."""
+
+    def __init__(self, config, n_in: int, n_out: int, use_bias: bool = True, dtype=None, name=None):
+        super().__init__(config, dtype, name)
+        self.kernel = self.weight("kernel", (n_in, n_out))
+        self.bias = self.weight("bias", (n_out,)) if use_bias else None
+        self.built = True
+
+    def call(self, x):
+        return _linear(x, self.kernel, self.bias)
+
+
+class Embedding(_Module):
+    """ids (...) int -> (..., dim); ``embeddings`` (rows, dim)."""
+
+    def __init__(self, config, rows: int, dim: int, dtype=None, name=None):
+        super().__init__(config, dtype, name)
+        self.embeddings = self.weight("embeddings", (rows, dim))
+        self.built = True
+
+    def call(self, ids):
+        return _gather(tf.convert_to_tensor(self.embeddings), ids)
 
 
 def _recompute(block, hidden, kw):

@@ -8,17 +8,17 @@ is found by walking the attribute tree (``_named_variables``); Keras 3's ``varia
 Shape legend: B batch, S query length, K key length (past + S), E encoder length, H hidden, N heads,
 D head dim, I intermediate, V vocab, L labels, C choices.
 
-Every rule that is not a tensor operation comes from ``bert_common.semantics``; validation for eager,
-graph and XLA execution lives in ``bert_tf._graph``, SavedModel serving in ``bert_tf._serving``, unpadded
-("varlen") execution in ``bert_tf._varlen``, the head losses in ``bert_tf._losses`` and the fixed-size
-cache of ``generate`` in ``bert_tf._generate``.
+Every rule that is not a tensor operation comes from ``bert_common.semantics``; the model glue (dtype
+policy, call preparation and output packing, loading and saving bodies) lives in ``bert_tf._base``,
+validation for eager, graph and XLA execution in ``bert_tf._graph``, SavedModel serving in
+``bert_tf.export``, unpadded ("varlen") execution in ``bert_tf._varlen``, the head losses in
+``bert_tf._losses`` and the fixed-size cache of ``generate`` in ``bert_tf._generate``.
 """
 from __future__ import annotations
 
 import math
 import os
-import warnings
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -35,38 +35,23 @@ if keras.backend.backend() != "tensorflow":
         f"Keras is first imported, or use bert_torch / bert_flax for that framework.")
 import tensorflow as tf  # noqa: E402
 
-from bert_common import generation, semantics  # noqa: E402
+from bert_common import semantics  # noqa: E402
 from bert_common.config import BertConfig  # noqa: E402
-from bert_common.outputs import output_for  # noqa: E402
-from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend  # noqa: E402
-from bert_common.validation import check_inputs, check_labels  # noqa: E402
-from bert_common.weights import init_weights, match_state_dict, to_scheme  # noqa: E402
-from bert_tf._generate import fixed_cache_step  # noqa: E402
-from bert_tf._graph import label_checks, poison, validate_inputs  # noqa: E402
-from bert_tf._keras import (_INT_ARGS, _LABEL_ARGS, _TENSOR_ARGS, KerasHooks, _gather,  # noqa: E402,F401
-                            _named_variables, _recompute, _to_tensor, _unpack_inputs, check_eager, compiled)
+from bert_common.weights import match_state_dict  # noqa: E402
+from bert_tf._base import BACKEND, DTYPE_POLICIES, SCHEME, ModelBase, dtype_policy  # noqa: E402,F401
+from bert_tf._graph import checked_inputs, poison  # noqa: E402
+from bert_tf._keras import Dense, Embedding, KerasHooks, _Module, _named_variables, _recompute  # noqa: E402
 from bert_tf._losses import _ce, causal_lm_loss, sequence_classification_loss, span_loss  # noqa: E402
-from bert_tf._serving import export_saved_model, serving_fn  # noqa: E402,F401  (re-exported)
+from bert_tf.export import export_saved_model, serving_fn  # noqa: E402,F401  (re-exported)
 from bert_tf._varlen import Blocks, block_attention, restore, segment_mask, unpad  # noqa: E402
 
-SCHEME = BACKEND = "tf"
 IGNORE_INDEX = semantics.IGNORE_INDEX
-# dtype argument -> Keras dtype policy. "float16"/"bfloat16" keep weights in half precision too.
-DTYPE_POLICIES = {None: None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-                  "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
 
 
 # == helpers =================================================================================================
-def _gelu_exact(x):
-    return tf.nn.gelu(x, approximate=False)
-
-
-def _gelu_tanh(x):
-    return tf.nn.gelu(x, approximate=True)
-
-
 # config.gelu_variant -> function. The variant is explicit in the config, never a framework default.
-ACTIVATIONS = {"gelu_exact": _gelu_exact, "gelu_tanh": _gelu_tanh, "relu": tf.nn.relu, "silu": tf.nn.silu,
+ACTIVATIONS = {"gelu_exact": lambda x: tf.nn.gelu(x, approximate=False),
+               "gelu_tanh": lambda x: tf.nn.gelu(x, approximate=True), "relu": tf.nn.relu, "silu": tf.nn.silu,
                "tanh": tf.math.tanh}
 
 
@@ -85,47 +70,6 @@ def additive_mask(mask, query_length, past_length, causal: bool, dtype=tf.float3
     return (1.0 - m) * dtype.min
 
 
-def _linear(x, kernel, bias=None):
-    """(..., in) @ (in, out) [+ (out,)] -> (..., out), as one 2-D matmul (fastest path, XLA friendly)."""
-    shape = tf.shape(x)
-    y = tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel)
-    if bias is not None:
-        y = y + bias
-    return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[1]]], 0))
-
-
-class _Module(keras.layers.Layer):
-    """Base of every bert_tf layer: weights are created at construction (the model is built at once).
-
-    ``output`` is a class attribute here so the canonical sub-module name ``output`` can be an instance
-    attribute (Keras' ``Layer.output`` property would refuse it).
-    """
-    output = None
-
-    def __init__(self, config: BertConfig, dtype=None, name=None):
-        super().__init__(dtype=dtype, name=name)
-        self.config = config
-        # Dtypes are handled explicitly (the additive mask must stay fp32; Keras would cast it to fp16).
-        self._convert_input_args = False
-
-    def weight(self, name: str, shape) -> keras.Variable:
-        # The value is filled from bert_common.weights right after the model is constructed.
-        return self.add_weight(name=name, shape=tuple(shape), initializer="zeros")
-
-
-class Dense(_Module):
-    """x (..., in) -> (..., out); ``kernel`` (in, out) is the canonical weight transposed."""
-
-    def __init__(self, config, n_in: int, n_out: int, use_bias: bool = True, dtype=None, name=None):
-        super().__init__(config, dtype, name)
-        self.kernel = self.weight("kernel", (n_in, n_out))
-        self.bias = self.weight("bias", (n_out,)) if use_bias else None
-        self.built = True
-
-    def call(self, x):
-        return _linear(x, self.kernel, self.bias)
-
-
 class LayerNorm(_Module):
     """Normalise the last axis in fp32 (also under half precision), eps = ``config.layer_norm_eps``."""
 
@@ -141,18 +85,6 @@ class LayerNorm(_Module):
         y = (x32 - mean) * tf.math.rsqrt(var + self.config.layer_norm_eps)
         y = y * tf.cast(self.gamma, tf.float32) + tf.cast(self.beta, tf.float32)
         return tf.cast(y, x.dtype)
-
-
-class Embedding(_Module):
-    """ids (...) int -> (..., dim); ``embeddings`` (rows, dim)."""
-
-    def __init__(self, config, rows: int, dim: int, dtype=None, name=None):
-        super().__init__(config, dtype, name)
-        self.embeddings = self.weight("embeddings", (rows, dim))
-        self.built = True
-
-    def call(self, ids):
-        return _gather(tf.convert_to_tensor(self.embeddings), ids)
 
 
 # == embeddings ==============================================================================================
@@ -430,13 +362,15 @@ class BertPooler(_Module):
 
 
 # == model ===================================================================================================
-class BertPreTrainedModel(KerasHooks, keras.Model):
+class BertPreTrainedModel(ModelBase, KerasHooks, keras.Model):
     """Shared glue: construction from ``bert_common.weights``, canonical state dicts, Keras training hooks.
 
     ``Cls(config, add_pooling_layer=None, seed=0, dtype=None)``: weights from
     ``bert_common.weights.init_weights(config, cls_name, seed)``, identical to every other backend's.
     ``dtype`` is a Keras dtype policy name (``"mixed_float16"``, ``"mixed_bfloat16"``, ``"bfloat16"`` ...);
-    None follows Keras' global policy.
+    None follows Keras' global policy. The private plumbing (construction, warnings, call preparation and
+    output packing, eager / XLA entry checks) is ``bert_tf._base.ModelBase``; ``fit`` / ``predict`` hooks
+    are ``bert_tf._keras.KerasHooks``.
     """
     model_class = "BertModel"
     output = None  # see _Module
@@ -446,108 +380,39 @@ class BertPreTrainedModel(KerasHooks, keras.Model):
         if not isinstance(config, BertConfig):
             raise ValueError(f"config must be a bert_common.BertConfig, got {type(config).__name__}")
         semantics.check_head_config(self.model_class, config)
-        if not isinstance(dtype, keras.DTypePolicy):
-            if dtype not in DTYPE_POLICIES:
-                raise ValueError(f"dtype={dtype!r} is not one of {list(DTYPE_POLICIES)}")
-            dtype = DTYPE_POLICIES[dtype]
-        super().__init__(dtype=dtype, **kwargs)
+        super().__init__(dtype=dtype_policy(dtype), **kwargs)
         self.config = config
-        # Inputs are converted in _prepare (float labels stay fp32 under mixed precision).
-        self._convert_input_args = False
-        self._allow_non_tensor_positional_args = True  # NumPy batches and dicts of them, positionally
-        self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
+        self._building(add_pooling_layer)
         self.load_report = None
         self._warned: set[str] = set()
         self._build_modules(self.dtype_policy)
-        self.built = True
-        if _init:
-            self.load_canonical_state_dict(init_weights(config, self.model_class, seed, self.add_pooling_layer))
+        self._finish(seed, _init)
 
     def _build_modules(self, dtype):  # each class creates its sub-modules here
         raise NotImplementedError
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
-    # ---------------------------------------------------------------- weights
+    # ========================================================================================== loading
     def named_variables(self) -> dict[str, keras.Variable]:
         """``{tf scheme path: variable}``, e.g. ``bert/encoder/layer/0/attention/self/query/kernel``."""
         return dict(_named_variables(self, (_Module, BertPreTrainedModel)))
 
     def canonical_state_dict(self) -> dict[str, np.ndarray]:
         """``{canonical name: fp32 np.ndarray}`` in HF layout (kernels transposed back)."""
-        tensors = {p: np.asarray(tf.cast(v.value, tf.float32)) for p, v in self.named_variables().items()}
-        return canonical_from_backend(tensors, self.config, self.model_class, SCHEME, self.add_pooling_layer)
+        return self._canonical_state_dict()
 
     def load_canonical_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Assign every variable from a canonical state dict (strict: every tensor used once)."""
-        tensors = to_scheme(state, SCHEME)
-        canonical_from_backend(tensors, self.config, self.model_class, SCHEME, self.add_pooling_layer)  # strict check
-        self._assign_scheme(tensors)
-
-    def _assign_scheme(self, tensors: Mapping[str, np.ndarray]) -> None:
-        variables = self.named_variables()
-        if set(variables) != set(tensors):
-            raise ValueError(f"variables and tensors differ: missing {sorted(set(variables) - set(tensors))[:5]}, "
-                             f"unexpected {sorted(set(tensors) - set(variables))[:5]}")
-        for path, var in variables.items():
-            var.assign(tf.cast(np.asarray(tensors[path], np.float32), var.dtype))
+        self._load_canonical_state_dict(state)
 
     @classmethod
     def from_pretrained(cls, path, *, config: BertConfig | None = None, allow_new_head: bool = False,
                         add_pooling_layer: bool | None = None, dtype=None, seed: int = 0, **config_overrides):
         """Read a HF-style directory (config.json + weights in any supported format) into ``cls``."""
-        config, tensors, report = load_for_backend(path, cls.model_class, SCHEME, config=config,
-                                                   allow_new_head=allow_new_head,
-                                                   add_pooling_layer=add_pooling_layer, seed=seed, **config_overrides)
-        model = cls(config, add_pooling_layer=add_pooling_layer, dtype=dtype, _init=False)
-        model._assign_scheme(tensors)
-        model.load_report = report
-        return model
+        return cls._from_pretrained(path, config, allow_new_head, add_pooling_layer, dtype, seed, config_overrides)
 
     def save_pretrained(self, path, shard_size=None) -> str:
         """Write ``config.json`` + ``model.safetensors`` (canonical names, fp32)."""
-        tensors = {p: np.asarray(tf.cast(v.value, tf.float32)) for p, v in self.named_variables().items()}
-        return save_from_backend(path, tensors, self.config, self.model_class, SCHEME, self.add_pooling_layer,
-                                 shard_size=shard_size)
-
-    # ---------------------------------------------------------------- validation and XLA
-    def __call__(self, *args, **kwargs):
-        # Eager: validate before Keras' __call__, so the ValueError reaches the caller unchanged (Keras
-        # rewrites exceptions raised inside call()). Traced calls validate in-graph inside call().
-        if tf.executing_eagerly():
-            self._check_eager(args[0] if args else kwargs.get("input_ids"),
-                              {k: v for k, v in kwargs.items() if k != "input_ids"})
-        return super().__call__(*args, **kwargs)
-
-    def _check_eager(self, input_ids, kwargs):
-        """Call arguments, labels, then inputs as the encoder sees them (``bert_tf._keras.check_eager``)."""
-        check_eager(self, input_ids, kwargs)
-
-    def checked_xla(self, **options):
-        """An XLA-compiled forward (``tf.function(jit_compile=True)``) that validates concrete inputs on the
-        host first: the way to run XLA on untrusted inputs (see ``bert_tf._keras.compiled``)."""
-        return compiled(self, options)
-
-    # ---------------------------------------------------------------- call plumbing
-    def _prepare(self, input_ids, kwargs):
-        """Merge dict inputs, check the call arguments, convert NumPy/lists to tensors, fill config defaults."""
-        a = semantics.check_call_args(self.model_class, _unpack_inputs(input_ids, kwargs))
-        for k in _TENSOR_ARGS:
-            if a.get(k) is not None:
-                a[k] = _to_tensor(a[k])
-        if a.get("past_key_values") is not None:
-            a["past_key_values"] = tf.nest.map_structure(_to_tensor, tuple(tuple(p) for p in a["past_key_values"]))
-        flags = semantics.resolve_flags(self.config, a.get("output_attentions"), a.get("output_hidden_states"),
-                                        a.get("return_dict"))
-        a["output_attentions"], a["output_hidden_states"], a["return_dict"] = flags
-        return a
-
-    def _finish(self, a, **fields):
-        out = output_for(self.model_class, **fields)
-        return out if a["return_dict"] else out.to_tuple()
+        return self._save_pretrained(path, shard_size)
 
 
 class BertModel(BertPreTrainedModel):
@@ -565,22 +430,6 @@ class BertModel(BertPreTrainedModel):
         self.embeddings = BertEmbeddings(self.config, dtype, "embeddings")
         self.encoder = BertEncoder(self.config, dtype, "encoder")
         self.pooler = BertPooler(self.config, dtype, "pooler") if self.add_pooling_layer else None
-
-    def _packed_program(self, inputs, blocks, head_mask, flags):
-        """varlen "unpad": embeddings + encoder on the packed (1, T) inputs and ``Blocks``, as one
-        ``tf.function`` per model (``reduce_retracing``: after a second plan shape it traces once with
-        unknown T, G, L). ``flags`` (use_cache, output_attentions, output_hidden_states, eager, training) are
-        Python values and part of the trace key."""
-        if getattr(self, "_packed_fn", None) is None:
-            def run(inputs, blocks, head_mask, flags):
-                use_cache, output_attentions, output_hidden_states, eager, training = flags
-                x = self.embeddings(**inputs, past_length=0, training=training)
-                return self.encoder(x, attention_mask=blocks, head_mask=head_mask, encoder_hidden_states=None,
-                                    encoder_attention_mask=None, past_key_values=None, past_length=0,
-                                    use_cache=use_cache, output_attentions=output_attentions,
-                                    output_hidden_states=output_hidden_states, eager=eager, training=training)
-            self._packed_fn = tf.function(run, reduce_retracing=True)
-        return self._packed_fn(inputs, blocks, head_mask, flags)
 
     def head_mask_per_layer(self, head_mask):
         """None | (N,) | (L, N) -> None or a per-layer list of (N,) float tensors."""
@@ -610,20 +459,7 @@ class BertModel(BertPreTrainedModel):
         if a["encoder_hidden_states"] is not None and not c.add_cross_attention:
             raise ValueError("encoder_hidden_states was given but config.add_cross_attention=False")
         mode = semantics.varlen_mode(c, tf.executing_eagerly(), a["output_attentions"], a)  # None unless varlen
-        checks = validate_inputs(c, input_ids=ids, token_type_ids=a["token_type_ids"], position_ids=a["position_ids"],
-                                 attention_mask=a["attention_mask"], inputs_embeds=embeds, past_length=past_length,
-                                 encoder_hidden_states=a["encoder_hidden_states"],
-                                 encoder_attention_mask=a["encoder_attention_mask"],
-                                 packed=semantics.packed_rows(c, a["position_ids"]))
-        if checks:  # every kernel below depends on the checks (CPU gathers would raise first, GPU ones return 0)
-            with tf.control_dependencies(checks):
-                ids = None if ids is None else tf.identity(ids)
-                embeds = None if embeds is None else tf.identity(embeds)
-                # Every gathered or broadcast input, not only the ids: a position or token-type gather that
-                # does not wait for the asserts may fail first with TF's own message.
-                a = {**a, **{k: tf.identity(a[k]) for k in ("token_type_ids", "position_ids", "attention_mask",
-                                                             "encoder_hidden_states", "encoder_attention_mask")
-                             if a.get(k) is not None}}
+        a, ids, embeds = checked_inputs(c, a, ids, embeds, past_length)  # traced: every kernel waits for asserts
         eager, note = semantics.attention_path(c, BACKEND, a["output_attentions"], a["head_mask"] is not None)
         if note:
             self._warn_once("sdpa_fallback", note)
@@ -651,11 +487,8 @@ class BertModel(BertPreTrainedModel):
             enc_mask = additive_mask(em, S, 0, False, mask_dtype)                           # (B, 1, 1, E)
             if enc_hidden is not None:
                 enc_hidden = tf.cast(enc_hidden, self.compute_dtype)
-        if mode == "unpad":
-            # The packed program runs as one graph (shapes relaxed after the first retrace): eager TF would
-            # dispatch every op from Python, which costs more than the padding the plan removed.
-            flags = (bool(use_cache), bool(a["output_attentions"]), bool(a["output_hidden_states"]), eager,
-                     bool(training))
+        if mode == "unpad":  # one graph for the packed tokens (ModelBase._packed_program)
+            flags = (use_cache, a["output_attentions"], a["output_hidden_states"], eager, training)
             enc = self._packed_program(inputs, ext_mask, self.head_mask_per_layer(a["head_mask"]), flags)
         else:
             x = self.embeddings(**inputs, past_length=past_length, training=training)
@@ -668,7 +501,7 @@ class BertModel(BertPreTrainedModel):
         if mode:  # back to (B, S, H) with 0 at dropped tokens
             enc = restore(enc, unpadded, mask)
         pooled = self.pooler(enc["last_hidden_state"]) if self.pooler is not None else None
-        return self._finish(a, pooler_output=pooled, **enc)
+        return self._return(a["return_dict"], pooler_output=pooled, **enc)
 
 
 # == heads ===================================================================================================
@@ -733,16 +566,6 @@ class _HeadModel(BertPreTrainedModel):
         self.bert = BertModel(self.config, add_pooling_layer=self.add_pooling_layer, dtype=dtype, _init=False)
         self._build_head(dtype)
 
-    def _bert(self, a, training, **override):
-        keys = ("attention_mask", "token_type_ids", "position_ids", "head_mask", "inputs_embeds",
-                "encoder_hidden_states", "encoder_attention_mask", "past_key_values",
-                "output_attentions", "output_hidden_states")
-        has_labels = semantics.has_loss(self.model_class, a)
-        use_cache = semantics.use_cache(self.config, self.model_class, a.get("use_cache"), has_labels,
-                                        bool(self.config.gradient_checkpointing and training))
-        kw = {"input_ids": a.get("input_ids"), **{k: a.get(k) for k in keys}, "use_cache": use_cache, **override}
-        return self.bert(return_dict=True, training=training, **kw)
-
     def call(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
              inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None, past_key_values=None,
              use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, labels=None,
@@ -755,22 +578,13 @@ class _HeadModel(BertPreTrainedModel):
             return_dict=return_dict, labels=labels, next_sentence_label=next_sentence_label,
             start_positions=start_positions, end_positions=end_positions))
         fields = self._forward(a, training)
-        if semantics.has_loss(self.model_class, a):
-            labels_given = {k: a[k] for k in semantics.LABEL_ARGS[self.model_class]}
-            choices = a["input_ids"].shape[1] if self.model_class == "BertForMultipleChoice" and \
-                a.get("input_ids") is not None else None
-            checks = label_checks(self.config, self.model_class, labels_given, choices)
-            with tf.control_dependencies(checks):
-                labels_given = {k: tf.identity(v) for k, v in labels_given.items()}
-            fields["loss"] = self.head_loss(fields, **labels_given)
-        return self._finish(a, **fields)
+        labels = self._labels(a)  # with their in-graph range checks
+        if labels is not None:
+            fields["loss"] = self.head_loss(fields, **labels)
+        return self._return(a["return_dict"], **fields)
 
     def _word_embeddings(self):
         return tf.convert_to_tensor(self.bert.embeddings.word_embeddings.embeddings)
-
-    def _encoder_outputs(self, out) -> dict:
-        """The encoder fields every head passes through."""
-        return {"hidden_states": out.get("hidden_states"), "attentions": out.get("attentions")}
 
 
 class BertForPreTraining(_HeadModel):
@@ -812,23 +626,12 @@ class BertLMHeadModel(_HeadModel):
                  pad_token_id=None, encoder_hidden_states=None, encoder_attention_mask=None):
         """Cached greedy/sampled decoding via ``bert_common.generation.generate``. (B, S) -> (B, S + n) int64.
         ``eos_token_id`` / ``pad_token_id`` default to the config's; encoder states go to every step.
-        Runs two XLA programs with a fixed-size cache (``bert_tf._generate``); the growing cache below
-        only when the sequence would outgrow ``max_position_embeddings`` (it raises there)."""
-        semantics.check_generate(self.config)
-        eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
-        encoder = {k: v for k, v in (("encoder_hidden_states", encoder_hidden_states),
-                                     ("encoder_attention_mask", encoder_attention_mask)) if v is not None}
-
-        def growing(ids, mask, past):
-            out = self(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), past_key_values=past,
-                       use_cache=True, encoder_hidden_states=encoder_hidden_states,
-                       encoder_attention_mask=encoder_attention_mask, training=False)
-            return out["logits"][:, -1].numpy(), out["past_key_values"]
-
-        step = fixed_cache_step(self, input_ids, attention_mask, max_new_tokens, encoder) or growing
-        return generation.generate(step, input_ids, attention_mask, max_new_tokens=max_new_tokens,
-                                   do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
-                                   seed=seed, eos_token_id=eos, pad_token_id=pad)
+        Runs two XLA programs with a fixed-size cache (``bert_tf._generate``); the growing cache (eager,
+        ``ModelBase._generate``) for a few tokens or when the sequence would outgrow
+        ``max_position_embeddings`` (it raises there)."""
+        return self._generate(input_ids, attention_mask, eos_token_id, pad_token_id, encoder_hidden_states,
+                              encoder_attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
 
 
 class BertForMaskedLM(_HeadModel):
