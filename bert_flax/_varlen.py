@@ -183,8 +183,7 @@ class Unpadded:
         """One unpad forward -> the model's dict of HF fields. ``raw``: the call's inputs as given (host
         values, for the plan); ``batch``: the same after validation and conversion (labels for stage 2)."""
         m = self.model
-        if flags[0] and dropout_rng is None and m._has_dropout():
-            raise ValueError("train=True needs dropout_rng (a jax.random key); dropout uses an explicit rng")
+        m._check_dropout_rng(flags[0], dropout_rng)
         plan, packed = self.pack(raw, batch.get("head_mask"))
         nested = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(params))
         rng_encoder, rng_head = (None, None) if dropout_rng is None else tuple(jax.random.split(dropout_rng))

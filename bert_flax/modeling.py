@@ -20,37 +20,34 @@ With ``config.attn_implementation="varlen"`` a call on concrete inputs runs unpa
 the host, the encoder jitted on the packed tokens, compiled per bucketed plan shape, not per (B, S)); a
 traced call keeps the padded layout with a segment mask. That tensor code lives in ``bert_flax._varlen``.
 
-Every rule that is not a tensor operation comes from ``bert_common.semantics``; the pytree helpers, input
-validation and conversion, and generate's fixed-size cache live in ``bert_flax._jit``, the losses in
-``bert_flax._losses``.
+Every rule that is not a tensor operation comes from ``bert_common.semantics``; the wrapper's plumbing
+(construction, flags and jit cache, ``apply``, the loading bodies) lives in ``bert_flax._base``, the pytree
+helpers, input validation and conversion, and generate's fixed-size cache in ``bert_flax._jit``, the losses
+in ``bert_flax._losses``.
 """
 from __future__ import annotations
 
 import functools
 import math
-import os
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import warnings
 
 from bert_common import semantics
 from bert_common.config import BertConfig
-from bert_common.generation import generate as _generate_loop
-from bert_common.outputs import OUTPUT_FIELDS, OUTPUT_OF, output_for
-from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend
-from bert_common.weights import init_weights, match_state_dict, to_scheme
+from bert_common.weights import match_state_dict, to_scheme
 from bert_flax import _varlen
+from bert_flax._base import BACKEND, SCHEME, ModelBase, resolve_dtype  # noqa: F401
 from bert_flax._losses import (_ce, bce_with_logits, causal_lm_loss, mse_loss,  # noqa: F401
                               sequence_classification_loss, span_loss)
 from bert_flax._jit import (CHECK_MODES, _flat, _is_traced, _nest, checked, fixed_cache_step,  # noqa: F401
                             in_graph_checks, past_length)
 
-SCHEME = BACKEND = "flax"
 IGNORE_INDEX = semantics.IGNORE_INDEX
+_resolve_dtype = resolve_dtype  # the earlier private name
 
 
 # ================================================================================================ helpers
@@ -442,13 +439,15 @@ class BertModule(nn.Module):
         return out
 
 
-class BertPreTrainedModel:
+class BertPreTrainedModel(ModelBase):
     """Shared glue of every public class: config, params pytree, jitted forward, validation, I/O.
 
     ``Cls(config, add_pooling_layer=None, seed=0, *, dtype=jnp.float32, param_dtype=jnp.float32,
     params=None)``: weights from ``bert_common.weights.init_weights(config, cls_name, seed)`` unless
     ``params`` (a pytree in the flax scheme) is given. ``dtype`` is the compute dtype, ``param_dtype`` the
     storage dtype of the parameters; ``compiler_options`` are passed to XLA when the forward is jitted.
+    The plumbing (construction, jit cache, flags, warnings, output packing, ``apply``, ``init_params_shapes``,
+    the bodies of the loading methods) is ``bert_flax._base.ModelBase``.
     """
     model_class = "BertModel"
     module_class: type = BertModule
@@ -461,81 +460,10 @@ class BertPreTrainedModel:
             raise ValueError(f"config must be a bert_common.BertConfig, got {type(config).__name__}")
         semantics.check_head_config(self.model_class, config)
         self.config = config
-        self.add_pooling_layer = semantics.add_pooling_layer(self.model_class, add_pooling_layer)
-        self.dtype, self.param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
-        self.module = self.module_class(config=config, dtype=self.dtype, param_dtype=self.param_dtype,
-                                        add_pooling_layer=self.add_pooling_layer)
-        if params is None:
-            params = _nest(to_scheme(init_weights(config, self.model_class, seed, self.add_pooling_layer), SCHEME))
-        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.param_dtype), params)
         self.load_report = None
         self._warned: set[str] = set()
-        self.trace_count = 0  # how many times the jitted forward was traced (compiled); tests read it
-        # compiler_options go to XLA for the forward's jit, e.g. {"xla_backend_optimization_level": 0}
-        # compiles several times faster on CPU (tests, debugging) at some run-time cost.
-        self._jitted = jax.jit(self._traced_forward, static_argnames=("flags",),
-                               compiler_options=dict(compiler_options) if compiler_options else None)
-        # JAX accepts compiler_options only on a top-level jit; under jax.grad (traced params) this one runs.
-        self._jitted_nested = jax.jit(self._traced_forward, static_argnames=("flags",))
-        self._unpad = _varlen.Unpadded(self, BertModule, compiler_options)  # varlen's packed encoder
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        """The label keyword arguments this class takes (``semantics.LABEL_ARGS``)."""
-        return semantics.LABEL_ARGS[self.model_class]
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
-    # ---------------------------------------------------------------- the pure function
-    def apply(self, params, *, train: bool = False, dropout_rng=None, output_attentions: bool = False,
-              output_hidden_states: bool = False, use_cache: bool | None = None, check: str = "callback",
-              **inputs) -> dict:
-        """Pure forward: params pytree + inputs (keyword, ``semantics.call_args``) -> dict of HF fields.
-
-        Safe under ``jax.jit`` (flags static: ``static_argnames=("train", "output_attentions",
-        "output_hidden_states", "use_cache", "check")``), ``jax.grad`` and sharding. Concrete inputs are
-        validated with ``bert_common.validation``; traced ones per ``check`` (CHECK_MODES).
-        """
-        batch = {k: v for k, v in semantics.check_call_args(self.model_class, inputs).items() if v is not None}
-        flags = self._flags(train, output_attentions, output_hidden_states, use_cache, batch)
-        raw, batch = batch, checked(self.config, self.model_class, batch, check)
-        if flags[-1] == "unpad":
-            return self._unpad(params, raw, batch, dropout_rng, flags)
-        return self._forward(params, batch, dropout_rng, flags)
-
-    def _flags(self, train, output_attentions, output_hidden_states, use_cache, batch) -> tuple:
-        use_cache = semantics.use_cache(self.config, self.model_class, use_cache,
-                                        has_labels=semantics.has_loss(self.model_class, batch))
-        eager, note = semantics.attention_path(self.config, BACKEND, bool(output_attentions), "head_mask" in batch)
-        if note:
-            self._warn_once("sdpa_fallback", note)
-        concrete = not any(_is_traced(x) for x in jax.tree_util.tree_leaves(batch))
-        varlen = semantics.varlen_mode(self.config, concrete, bool(output_attentions), batch)  # a static key
-        return bool(train), bool(output_attentions), bool(output_hidden_states), use_cache, eager, varlen
-
-    def _forward(self, params, batch, dropout_rng, flags) -> dict:
-        train, output_attentions, output_hidden_states, use_cache, eager, _ = flags
-        if train and dropout_rng is None and self._has_dropout():
-            raise ValueError("train=True needs dropout_rng (a jax.random key); dropout uses an explicit rng")
-        module = self.module.clone(deterministic=not train, output_attentions=output_attentions,
-                                   output_hidden_states=output_hidden_states, use_cache=use_cache, eager=eager)
-        rngs = {"dropout": dropout_rng} if (train and dropout_rng is not None) else {}
-        out = module.apply({"params": params}, batch, rngs=rngs)
-        # Only the fields of the class's output (MaskedLM with cross-attention returns no cross_attentions).
-        fields = OUTPUT_FIELDS[OUTPUT_OF[self.model_class]]
-        return {k: v for k, v in out.items()
-                if k in fields and (k != "loss" or semantics.has_loss(self.model_class, batch))}
-
-    def _has_dropout(self) -> bool:
-        c = self.config
-        return max(c.hidden_dropout_prob, c.attention_probs_dropout_prob, c.classifier_dropout_prob) > 0
-
-    def _traced_forward(self, params, batch, dropout_rng, flags):
-        self.trace_count += 1  # Python side effect: runs once per compilation, never per call
-        return self._forward(params, batch, dropout_rng, flags)
+        # module_class with params (given, or from seed); varlen's packed encoder is the bare BertModule
+        self._finish(seed, add_pooling_layer, dtype, param_dtype, params, compiler_options, BertModule)
 
     # ---------------------------------------------------------------- the call
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, head_mask=None,
@@ -548,42 +476,12 @@ class BertPreTrainedModel:
         ``inputs_embeds`` (B, S, H) float, ``head_mask`` (N,) or (L, N) float. The forward is jitted and
         compiled once per input shape and flag combination.
         """
-        c = self.config
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                       position_ids=position_ids, head_mask=head_mask, inputs_embeds=inputs_embeds,
                       encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
                       past_key_values=past_key_values, use_cache=use_cache, **labels)
-        inputs = semantics.check_call_args(self.model_class, inputs)
-        inputs.pop("use_cache", None)
-        batch = {k: v for k, v in inputs.items() if v is not None}
-        output_attentions, output_hidden_states, return_dict = semantics.resolve_flags(
-            c, output_attentions, output_hidden_states, return_dict)
-        flags = self._flags(train, output_attentions, output_hidden_states, use_cache, batch)
-        params = self.params if params is None else params
-        traced = any(_is_traced(x) for x in jax.tree_util.tree_leaves(batch))
-        raw, batch = batch, checked(self.config, self.model_class, batch, self.check_mode)
-        if flags[-1] == "unpad":  # varlen on concrete inputs: the plan is made here, on the host
-            out = self._unpad(params, raw, batch, dropout_rng, flags)
-        elif traced:  # called under a user's jit: their jit compiles the forward
-            out = self._forward(params, batch, dropout_rng, flags)
-        else:
-            if flags[0] and dropout_rng is None and self._has_dropout():
-                raise ValueError("train=True needs dropout_rng (a jax.random key); dropout uses an explicit rng")
-            traced_params = any(_is_traced(x) for x in jax.tree_util.tree_leaves(params))
-            forward = self._jitted_nested if traced_params else self._jitted
-            out = forward(params, batch, dropout_rng, flags=flags)
-        result = output_for(self.model_class, **out)
-        return result if return_dict else result.to_tuple()
-
-    def init_params_shapes(self, batch_size: int = 1, seq_length: int = 8):
-        """``jax.eval_shape`` of the Linen init: the params tree structure and shapes, allocating nothing."""
-        batch = {"input_ids": jax.ShapeDtypeStruct((batch_size, seq_length), jnp.int32)}
-        if self.model_class == "BertForMultipleChoice":
-            batch = {"input_ids": jax.ShapeDtypeStruct((batch_size, 2, seq_length), jnp.int32)}
-        if self.config.add_cross_attention:
-            batch["encoder_hidden_states"] = jax.ShapeDtypeStruct((batch_size, 3, self.config.hidden_size),
-                                                                  jnp.float32)
-        return jax.eval_shape(lambda b: self.module.init(jax.random.PRNGKey(0), b), batch)["params"]
+        return self._call(params, semantics.check_call_args(self.model_class, inputs), train, dropout_rng, use_cache,
+                          output_attentions, output_hidden_states, return_dict)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -596,39 +494,20 @@ class BertPreTrainedModel:
         Head tensors missing from the checkpoint raise unless ``allow_new_head`` (then ``load_report``
         lists them). ``config_overrides`` change the config before weights are matched.
         """
-        config, tensors, report = load_for_backend(path, cls.model_class, SCHEME, config=config,
-                                                   allow_new_head=allow_new_head,
-                                                   add_pooling_layer=add_pooling_layer, seed=seed, **config_overrides)
-        compute = _resolve_dtype(dtype)
-        model = cls(config, add_pooling_layer=add_pooling_layer, dtype=compute,
-                    param_dtype=_resolve_dtype(param_dtype, compute), params=_nest(tensors),
-                    compiler_options=compiler_options)
-        model.load_report = report
-        return model
+        return cls._from_pretrained(path, config, allow_new_head, add_pooling_layer, dtype, param_dtype, seed,
+                                    compiler_options, config_overrides)
 
     def save_pretrained(self, path, shard_size=None) -> str:
         """Write ``config.json`` + ``model.safetensors`` (canonical layout) atomically; returns the directory."""
-        tensors = {k: np.asarray(v) for k, v in _flat(self.params).items()}
-        return save_from_backend(os.fspath(path), tensors, self.config, self.model_class, SCHEME,
-                                 self.add_pooling_layer, shard_size=shard_size)
+        return self._save_pretrained(path, shard_size)
 
     def canonical_state_dict(self) -> dict[str, np.ndarray]:
         """{canonical name: np.ndarray} (HF PyTorch layout), e.g. query.weight as (out, in)."""
-        return canonical_from_backend({k: np.asarray(v) for k, v in _flat(self.params).items()}, self.config,
-                                      self.model_class, SCHEME, self.add_pooling_layer)
+        return self._canonical_state_dict()
 
     def load_canonical_state_dict(self, state: Mapping[str, np.ndarray]):
         """Replace ``self.params`` from a canonical state dict (checked by ``match_state_dict``)."""
-        full, report = match_state_dict(state, self.config, self.model_class, self.add_pooling_layer)
-        self.params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, self.param_dtype),
-                                             _nest(to_scheme(full, SCHEME)))
-        return report
-
-    def num_parameters(self) -> int:
-        return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config!r}, dtype={self.dtype.name}, param_dtype={self.param_dtype.name})"
+        return self._load_canonical_state_dict(state)
 
 
 class BertModel(BertPreTrainedModel):
@@ -847,18 +726,9 @@ class BertLMHeadModel(BertPreTrainedModel):
         states (their keys/values are computed on the first step and reused from the cache). The cache has
         a fixed size (``_jit.fixed_cache_step``): the prompt compiles once, every later step once.
         """
-        semantics.check_generate(self.config)
-        eos, pad = semantics.generation_defaults(self.config, eos_token_id, pad_token_id)
-        encoder = dict(encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
-
-        def growing(feed, mask, past):  # when a fixed window would pass max_position_embeddings
-            out = self(feed, attention_mask=mask, past_key_values=past, use_cache=True, **encoder)
-            return np.asarray(out.logits[:, -1], np.float32), out.past_key_values
-
-        step = fixed_cache_step(self, input_ids, max_new_tokens, **encoder) or growing
-        return _generate_loop(step, input_ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                              top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                              eos_token_id=eos, pad_token_id=pad)
+        return self._generate(input_ids, attention_mask, eos_token_id, pad_token_id, encoder_hidden_states,
+                              encoder_attention_mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              top_k=top_k, top_p=top_p, temperature=temperature, seed=seed)
 
 
 class BertForMaskedLM(BertPreTrainedModel):
@@ -898,10 +768,6 @@ class BertForQuestionAnswering(BertPreTrainedModel):
 
 
 # ================================================================================================ loading
-def _resolve_dtype(dtype, default=jnp.float32):
-    return jnp.dtype(default if dtype is None else dtype)
-
-
 # from_pretrained / save_pretrained / canonical_state_dict live on BertPreTrainedModel (above); this is
 # the name -> class table (bert_common.semantics order) the adapters and bert_common.auto use.
 MODEL_CLASSES: dict[str, type[BertPreTrainedModel]] = semantics.class_table(
@@ -921,4 +787,4 @@ def build(model_class: str, config: BertConfig, state: Mapping[str, np.ndarray] 
         full, _ = match_state_dict(state, config, model_class, add_pooling_layer)
         params = _nest(to_scheme(full, SCHEME))
     return cls(config, add_pooling_layer=add_pooling_layer, seed=seed, dtype=dtype,
-               param_dtype=_resolve_dtype(param_dtype, dtype), params=params, compiler_options=compiler_options)
+               param_dtype=resolve_dtype(param_dtype, dtype), params=params, compiler_options=compiler_options)
