@@ -10,7 +10,6 @@ function, no jit of its own); both hand varlen's unpadded calls to ``bert_flax._
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Mapping
 
 import jax
@@ -19,7 +18,8 @@ import numpy as np
 
 from bert_common import semantics
 from bert_common.generation import generate as _generate
-from bert_common.outputs import OUTPUT_FIELDS, OUTPUT_OF, output_for
+from bert_common.model_base import SharedModelBase
+from bert_common.outputs import OUTPUT_FIELDS, OUTPUT_OF
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend
 from bert_common.weights import LoadReport, init_weights, match_state_dict, to_scheme
 from bert_flax import _varlen
@@ -37,9 +37,12 @@ def _any_traced(tree) -> bool:
     return any(_is_traced(x) for x in jax.tree_util.tree_leaves(tree))
 
 
-class ModelBase:
+class ModelBase(SharedModelBase):
     """Mixed into ``BertPreTrainedModel`` (a plain class with ``config``, ``model_class``, ``module_class``,
     ``load_report``, ``_warned``)."""
+
+    # user -> __call__ / apply -> _call / _apply -> _flags -> _warn_once: the warning points at the user
+    _warn_stacklevel = 5
 
     # -- construction: the Linen module, the params pytree in the flax scheme, the jitted forwards
     def _finish(self, seed: int, add_pooling_layer: bool | None, dtype: Any, param_dtype: Any,
@@ -61,16 +64,6 @@ class ModelBase:
         # JAX accepts compiler_options only on a top-level jit; under jax.grad (traced params) this one runs.
         self._jitted_nested = jax.jit(self._traced_forward, static_argnames=("flags",))
         self._unpad = _varlen.Unpadded(self, encoder_class, compiler_options)  # varlen's packed encoder
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            # user -> __call__ / apply -> _call / _apply -> _flags -> here: the warning points at the user
-            warnings.warn(message, UserWarning, stacklevel=5)
-
-    def _return(self, return_dict: bool, **fields: Any):
-        out = output_for(self.model_class, **fields)
-        return out if return_dict else out.to_tuple()
 
     # -- flags (the static jit key), the forward, its jit cache
     def _flags(self, train, output_attentions, output_hidden_states, use_cache, batch) -> tuple:

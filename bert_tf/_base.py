@@ -5,7 +5,6 @@ as the module tree. Nothing here owns a variable or a sub-module."""
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Mapping
 
 import keras
@@ -14,7 +13,7 @@ import tensorflow as tf
 
 from bert_common import generation, semantics
 from bert_common.config import BertConfig
-from bert_common.outputs import output_for
+from bert_common.model_base import SharedModelBase
 from bert_common.pretrained import canonical_from_backend, load_for_backend, save_from_backend
 from bert_common.weights import init_weights, to_scheme
 from bert_tf._generate import fixed_cache_step
@@ -36,7 +35,7 @@ def dtype_policy(dtype):
     return DTYPE_POLICIES[dtype]
 
 
-class ModelBase:
+class ModelBase(SharedModelBase):
     """Mixed into ``BertPreTrainedModel`` (a ``keras.Model`` with ``config``, ``model_class``, ``_warned`` and
     ``named_variables()``), before ``keras.Model`` so that ``__call__`` checks eager inputs first."""
 
@@ -53,15 +52,6 @@ class ModelBase:
         if init:
             self.load_canonical_state_dict(init_weights(self.config, self.model_class, seed,
                                                         self.add_pooling_layer))
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
-    def _return(self, return_dict: bool, **fields: Any):
-        out = output_for(self.model_class, **fields)
-        return out if return_dict else out.to_tuple()
 
     # -- validation and XLA
     def __call__(self, *args, **kwargs):

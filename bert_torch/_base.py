@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,14 +14,14 @@ from bert_common import pretrained as _pretrained
 from bert_common import semantics
 from bert_common.config import BertConfig
 from bert_common.generation import generate as _generate
-from bert_common.outputs import output_for
+from bert_common.model_base import SharedModelBase
 from bert_common.weights import LoadReport, canonical_shapes, init_weights, match_state_dict
 from bert_torch._runtime import as_labels, as_tensor, materialize, meta_device, resolve_dtype, validate_labels
 
 BACKEND = "torch"
 
 
-class ModelBase:
+class ModelBase(SharedModelBase):
     """Mixed into ``BertPreTrainedModel`` (an ``nn.Module`` with ``config``, ``model_class``, ``_warned``)."""
 
     # -- construction: sub-modules are built on the meta device (no wasted random init), then filled.
@@ -45,14 +44,8 @@ class ModelBase:
     def _tie_weights(self) -> None:
         """Heads with an MLM decoder share the word embedding matrix (when the config ties them)."""
 
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-
     def _return(self, return_dict: bool | None, **fields: Any):
-        out = output_for(self.model_class, **fields)
-        return out if semantics.resolve_flags(self.config, return_dict=return_dict)[2] else out.to_tuple()
+        return super()._return(semantics.resolve_flags(self.config, return_dict=return_dict)[2], **fields)
 
     # -- call checks
     def _check_cache(self, past_key_values) -> int:
