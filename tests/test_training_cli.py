@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -120,16 +119,31 @@ def _run_cli(args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+# The run SIGKILLs itself right after the step-3 checkpoint is complete: deterministic, where a parent polling
+# for the directory can lose the race against the remaining tiny steps (CI saw the run finish first).
+_KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+import bert_common.training.loop as loop
+from bert_common.cli import main
+save = loop.save_train_state
+def save_then_die(*a, **k):
+    path = save(*a, **k)
+    if path.endswith("checkpoint-00000003"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+loop.save_train_state = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_the_straight_run(setup, straight):
     root, cfg, data = setup
     out = root / "killed"
-    proc = _run_cli(_pretrain(cfg, data, out, "--steps", "6"))
-    deadline = time.time() + 300
-    while not (out / "checkpoint-00000003").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_CHECKPOINT, *_pretrain(cfg, data, out, "--steps", "6")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     # The straight reference runs in a subprocess too: same thread count (OMP_NUM_THREADS=1), so the same
     # summation order; an in-process run with more threads may differ in the last bit.
     reference = root / "straight-subprocess"
