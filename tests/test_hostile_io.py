@@ -164,32 +164,37 @@ def test_outputs_honour_the_umask(tmp_path, two_sources, mask):
 
 
 WRITER_CHILD = r"""
-import sys
+import os, sys
 from bert_common import testing
 from bert_common.checkpoint import save_checkpoint
-path, rounds = sys.argv[1], int(sys.argv[2])
+path, stop = sys.argv[1], sys.argv[2]
 cfg = testing.tiny_config(num_hidden_layers=1)
 states = [testing.random_weights(cfg, "BertModel", seed=s) for s in (0, 1)]
 print("READY", flush=True)
-for i in range(rounds):
-    save_checkpoint(path, cfg, states[i % 2], shard_size="10KB" if i % 4 < 2 else None)
+i = 0
+while not os.path.exists(stop) and i < 100000:  # pairs of saves: the last one written is always states[1]
+    for j in (0, 1):
+        save_checkpoint(path, cfg, states[j], shard_size="10KB" if i % 2 == 0 else None)
+    i += 1
 print("FINISHED", flush=True)
 """
 
 
 @pytest.mark.slow
 def test_concurrent_reader_never_sees_a_mix(tmp_path):
-    """200 saves into one directory (alternating weights, sharded and single) while this process loads
-    it in a loop: every load is exactly one of the two checkpoints, never a mix, never an error."""
+    """Saves into one directory (alternating weights, sharded and single) while this process loads it in a
+    loop: every load is exactly one of the two checkpoints, never a mix, never an error. The writer runs
+    until the reader has made 40 loads and seen both, so the check does not depend on relative speed."""
     path = tmp_path / "ck"
+    stop = tmp_path / "stop"
     refs = [weights(0), weights(1)]
     save_checkpoint(path, cfg(), refs[0])
     (path / "notes.txt").write_text("kept")  # HF's save_pretrained keeps other files
-    proc = child(WRITER_CHILD, path, 200)
+    proc = child(WRITER_CHILD, path, stop)
     wait_for(proc, "READY")
     loads, seen = 0, set()
     deadline = time.monotonic() + 300
-    while proc.poll() is None and time.monotonic() < deadline:
+    while (loads < 40 or seen != {0, 1}) and proc.poll() is None and time.monotonic() < deadline:
         config, state, fmt = load_checkpoint(path)
         assert fmt == "safetensors" and config == cfg()
         which = 0 if state["embeddings.word_embeddings.weight"].tobytes() == \
@@ -200,7 +205,8 @@ def test_concurrent_reader_never_sees_a_mix(tmp_path):
             assert state[k].tobytes() == ref[k].tobytes(), (loads, which, k)
         seen.add(which)
         loads += 1
+    stop.write_text("")
     assert proc.wait(timeout=60) == 0
-    assert loads >= 20 and seen == {0, 1}, (loads, seen)
+    assert loads >= 40 and seen == {0, 1}, (loads, seen)
     assert leftovers(tmp_path) == [] and (path / "notes.txt").read_text() == "kept"
     assert np.array_equal(load_checkpoint(path)[1]["pooler.dense.weight"], refs[1]["pooler.dense.weight"])
