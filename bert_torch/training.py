@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bert_common.training import (CE_LOSS_TERMS, TrainingArguments, TrainState, decays, dropout_seed, loss_normalizers, lr_at,
-                                  split_batch)
+from bert_common.training import (CE_LOSS_TERMS, MLM_POSITIONS, SPARSE_MLM, TrainingArguments, TrainState, decays,
+                                  dropout_seed, loss_normalizers, lr_at, split_batch)
 
 IGNORE_INDEX = -100
 # Batch keys the model's forward takes; the loss keys are read by the loss table below.
@@ -76,21 +76,18 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "BertForQuestionAnswering": _span,
 }
 
-# Heads whose vocabulary logits the trainer computes only at the labelled positions (model class -> output
-# field), as Google's BERT gathers ``masked_lm_positions``: at 15 % masking the decoder matmul (about a fifth
-# of a BERT-base step's FLOPs, forward and backward) and the log-softmax over the vocabulary shrink six-fold.
-# The loss sums the same cross-entropy terms and unlabelled positions carry no gradient either way, so the
-# update is the full-logits one up to the order of float additions.
-SPARSE_MLM: dict[str, str] = {"BertForPreTraining": "prediction_logits", "BertForMaskedLM": "logits"}
-
-
 class _TrainingForward(torch.nn.Module):
     """The module DDP / FSDP wrap: ``forward(inputs, targets) -> (outputs, targets)``.
 
     ``inputs``: the model's input tensors (B, S) int64; ``targets``: the loss keys. For ``SPARSE_MLM`` heads
-    the encoder runs as usual, then the MLM head runs on the (n, H) states of the n labelled tokens, giving
-    (n, V) logits, and ``targets["labels"]`` becomes their (n,) labels; every other head is the model's own
-    forward. Owning no parameter of its own, it leaves every parameter name of ``model`` unchanged."""
+    (``bert_common.training``) ``targets`` also carries ``MLM_POSITIONS``: the (n,) int64 flat indices
+    (row * S + column) of the shard's n labelled tokens. The encoder runs as usual, then the MLM head runs
+    on those (n, H) states only, giving (n, V) logits, and ``targets["labels"]`` becomes their (n,)
+    labels. The indices come from the host (``Trainer._tensors``), so nothing waits on the device, as a
+    boolean index of a device mask would; eager torch compiles nothing, so the exact n costs no
+    recompilation (the TF and Flax trainers pad to a power of two per row instead, for their compilers).
+    Every other head is the model's own forward. Owning no parameter of its own, it leaves every parameter
+    name of ``model`` unchanged."""
 
     def __init__(self, model: torch.nn.Module, sparse_field: str | None):
         super().__init__()
@@ -98,14 +95,16 @@ class _TrainingForward(torch.nn.Module):
 
     def forward(self, inputs: dict, targets: dict) -> tuple[Mapping[str, torch.Tensor], dict]:
         model = self.model
-        if self.sparse_field is None or "labels" not in targets:
+        if self.sparse_field is None or MLM_POSITIONS not in targets:
             return model(**inputs, return_dict=True), targets
+        targets = dict(targets)
+        where = targets.pop(MLM_POSITIONS)  # (n,)
         out = model.bert(**inputs, return_dict=True)
-        keep = targets["labels"] != IGNORE_INDEX  # (B, S) bool
-        fields = {self.sparse_field: model.cls.predictions(out["last_hidden_state"][keep])}  # (n, V)
+        states = out["last_hidden_state"].flatten(0, 1)[where]  # (n, H)
+        fields = {self.sparse_field: model.cls.predictions(states)}  # (n, V)
         if hasattr(model.cls, "seq_relationship"):
             fields["seq_relationship_logits"] = model.cls.seq_relationship(out["pooler_output"])  # (B, 2)
-        return fields, {**targets, "labels": targets["labels"][keep]}
+        return fields, {**targets, "labels": targets["labels"].flatten()[where]}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -158,6 +157,7 @@ class Trainer:
         self.master_dtype = master_dtype
         self.model = model.to(device=self.device, dtype=master_dtype)
         self.model.train(args.dropout)
+        self.sparse = model_class in SPARSE_MLM  # read once: one Trainer keeps one path
         self.wrapped = self._wrap(_TrainingForward(self.model, SPARSE_MLM.get(model_class)))
         # Names are read after wrapping: fully_shard swaps each parameter for a DTensor in place.
         self.names = [n for n, _ in self.model.named_parameters()]
@@ -199,6 +199,9 @@ class Trainer:
                 a = np.ascontiguousarray(shard[k])
                 t = torch.from_numpy(a)
                 targets[k] = (t.float() if np.issubdtype(a.dtype, np.floating) else t.long()).to(self.device)
+        if self.sparse and np.ndim(shard.get("labels")) == 2:  # flat indices of the labelled tokens, host-made
+            where = np.flatnonzero(np.asarray(shard["labels"]) != IGNORE_INDEX)
+            targets[MLM_POSITIONS] = torch.from_numpy(where).to(self.device)
         return inputs, targets
 
     def _sync(self, last: bool):

@@ -140,7 +140,7 @@ def test_step_loss_is_the_models_hf_loss(model_class):
 @pytest.mark.parametrize("model_class", sorted(SPARSE_MLM))
 def test_labelled_positions_only_is_the_full_logits_update(monkeypatch, model_class):
     """The MLM head at labelled positions only (SPARSE_MLM) gives the full-logits path's loss and update: in
-    float64 they agree to rounding (1e-12), and the sparse path really ran on fewer rows."""
+    float64 they agree to rounding (1e-12), and the sparse path really ran on the n labelled rows only."""
     batch = _batch(0)
     if model_class == "BertForMaskedLM":
         del batch["next_sentence_label"]
