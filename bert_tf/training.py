@@ -10,8 +10,9 @@ the batch layout of ``split_batch``) lives in ``bert_common.training``; this mod
   different update whenever ``eps`` is not negligible), decoupled weight decay from Keras'
   ``exclude_from_weight_decay``, and global-norm clipping of the *summed* gradient under tf.distribute.
 - ``Trainer(model, args)``: builds the optimizer, compiles ``model`` with it and installs the train step
-  (token-weighted loss, gradient accumulation, dropout on/off, replicas), so ``trainer.step(batch)`` and
-  ``trainer.model.fit(to_dataset(...))`` are one function.
+  (token-weighted loss, gradient accumulation, dropout on/off, replicas, the MLM head of ``SPARSE_MLM``
+  heads at the labelled positions only), so ``trainer.step(batch)`` and ``trainer.model.fit(to_dataset(...))``
+  are one function.
 - ``to_dataset``: the pretraining dataset (or any iterable of batch dicts) as a ``tf.data.Dataset``.
 - ``make_strategy`` / ``use_cpu_devices``: ``MirroredStrategy`` over GPUs or logical CPUs,
   ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers.
@@ -33,8 +34,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from bert_common.pretrained import canonical_from_backend  # noqa: E402
-from bert_common.training import (CE_LOSS_TERMS, CLIP_EPS, TrainingArguments, TrainState, decays, lr_at,  # noqa: E402
-                                  split_batch)
+from bert_common.training import (CE_LOSS_TERMS, CLIP_EPS, MLM_POSITIONS, SPARSE_MLM, TrainingArguments,  # noqa: E402
+                                  TrainState, decays, lr_at, split_batch, with_mlm_positions)
 from bert_common.weights import canonical_shapes, scheme_path, to_scheme  # noqa: E402
 
 SCHEME = "tf"
@@ -335,6 +336,11 @@ class Trainer:
     ``gradient_accumulation_steps`` micro-batches, and sums the gradients of
     ``sum(per-item losses) / global count`` (``LOSSES``; dropout per ``args.dropout``); the optimizer
     sums over replicas, clips, decays and updates. The returned loss is the global batch's HF loss.
+
+    ``SPARSE_MLM`` heads (read when the Trainer is built): ``step`` adds ``mlm_positions`` (B, P) int32 to
+    the batch (``bert_common.training.with_mlm_positions``), and the train step runs the MLM head on the
+    (b, P, H) hidden states gathered at those positions only, against the labels gathered alike; batches
+    without the key (e.g. ``fit`` on a pipeline that does not add it) take the full-logits path.
     """
 
     def __init__(self, model: modeling.BertPreTrainedModel, args: TrainingArguments, *,
@@ -347,6 +353,8 @@ class Trainer:
         if not isinstance(args, TrainingArguments):
             raise ValueError(f"args must be a TrainingArguments, got {type(args).__name__}")
         self.args = args
+        # Output field of the MLM logits computed at labelled positions only; None: the model's own call.
+        self._sparse_field = SPARSE_MLM.get(model.model_class)
         self.strategy = strategy if strategy is not None else make_strategy(args.devices)
         replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
         if replicas != args.devices:
@@ -376,9 +384,28 @@ class Trainer:
     # ---------------------------------------------------------------- the compiled step
     def _shard_loss(self, batch: Mapping[str, tf.Tensor], counts: Mapping[str, tf.Tensor]):
         """This shard's share of the global loss (``LOSSES``). () fp32."""
-        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
-        out = self.model(inputs, training=bool(self.args.dropout), return_dict=True)
+        inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS and k != MLM_POSITIONS}
+        training = bool(self.args.dropout)
+        if self._sparse_field is not None and MLM_POSITIONS in batch:
+            out, batch = self._sparse_mlm(inputs, batch, training)
+        else:
+            out = self.model(inputs, training=training, return_dict=True)
         return LOSSES[self.model.model_class](out, batch, counts, self.model.config)
+
+    def _sparse_mlm(self, inputs: Mapping[str, tf.Tensor], batch: Mapping[str, tf.Tensor], training: bool):
+        """The head's outputs with the MLM logits at ``batch[MLM_POSITIONS]`` (b, P) int32 only: (b, P, V),
+        and ``batch`` with ``labels`` gathered there, (b, P). The encoder and the head are the layers the
+        model's own call runs, in the same order (the same variables; the same dropout layers, so the masks
+        ``_key_dropout`` keys are the full path's); only the decoder rows of unlabelled tokens, whose loss
+        terms are 0 anyway, are never computed. Static shapes (P is fixed per batch) for XLA."""
+        m = self.model
+        positions = batch[MLM_POSITIONS]
+        out = m._bert(m._prepare(dict(inputs), {}), training)
+        states = tf.gather(out["last_hidden_state"], positions, batch_dims=1)               # (b, P, H)
+        fields = {self._sparse_field: m.cls.predictions(states, m._word_embeddings())}     # (b, P, V)
+        if hasattr(m.cls, "seq_relationship"):  # pretraining: NSP on the pooled output, as the full call
+            fields["seq_relationship_logits"] = m.cls.seq_relationship(out["pooler_output"])  # (b, 2)
+        return fields, {**batch, "labels": tf.gather(batch["labels"], positions, batch_dims=1)}
 
     def _key_dropout(self, micro: int) -> list:
         """Assign every Dropout layer's seed state [key, layer index] for this update / micro-batch / replica."""
@@ -446,7 +473,8 @@ class Trainer:
         for k, v in batch.items():
             a = np.asarray(v)
             out[k] = a.astype(np.int32) if a.dtype.kind in "iu" else a.astype(np.float32)
-        return out
+        # Travels with the batch (rows split like every array) to _shard_loss; never a model input.
+        return with_mlm_positions(out) if self._sparse_field is not None else out
 
     def _distribute(self, batch: dict[str, np.ndarray]):
         """Replica r's rows: its block of every micro-batch (``split_batch`` layout), concatenated."""
@@ -536,7 +564,7 @@ def _batches(source, batch_size: int | None, epochs: int, seed: int, shuffle: bo
 
 
 def to_dataset(source, batch_size: int | None = None, *, epochs: int = 1, seed: int = 0,
-               shuffle: bool = True) -> tf.data.Dataset:
+               shuffle: bool = True, mlm_positions: bool = False) -> tf.data.Dataset:
     """A ``tf.data.Dataset`` of batch-contract dicts (int32 ids, (B, S) / (B,)), for ``model.fit``.
 
     ``source``: a pretraining dataset (``bert_common.pretraining.open_dataset``: ``len`` and
@@ -545,13 +573,25 @@ def to_dataset(source, batch_size: int | None = None, *, epochs: int = 1, seed: 
     returning an iterator of batch dicts (read lazily, e.g. the shared loop's batch iterator; its length
     is unknown to Keras, so pass ``steps_per_epoch`` to ``fit``).
     Each element is one global batch, i.e. one update of ``Trainer``'s train step.
+
+    ``mlm_positions=True`` adds ``MLM_POSITIONS`` (B, P) int32 to every element with 2-D ``labels``
+    (``with_mlm_positions``), so a ``Trainer``'s compiled step runs the MLM head of a ``SPARSE_MLM`` model
+    at the labelled positions only, as ``Trainer.step`` does. Only for ``trainer.model.fit``: a model
+    compiled without a ``Trainer`` takes the dict as its inputs and refuses the key. P is declared
+    unknown in the element spec, like the batch axis (P varies with the busiest row of each batch); under
+    ``jit_compile`` Keras compiles its step per concrete shape, i.e. once per power of two seen.
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     factory, count = _batches(source, batch_size, epochs, seed, shuffle)
+
+    def prepared(batch):
+        return with_mlm_positions(batch) if mlm_positions else batch
+
     first = next(iter(factory()), None)
     if first is None:
         raise ValueError("source yields no batch")
+    first = prepared(first)
 
     def spec(value):
         a = np.asarray(value)
@@ -559,10 +599,12 @@ def to_dataset(source, batch_size: int | None = None, *, epochs: int = 1, seed: 
         return tf.TensorSpec((None,) + a.shape[1:], dtype)
 
     signature = {k: spec(v) for k, v in first.items()}
+    if MLM_POSITIONS in signature:  # P (a power of two) follows each batch's busiest row
+        signature[MLM_POSITIONS] = tf.TensorSpec((None, None), tf.int32)
 
     def gen():
         for batch in factory():
-            yield {k: np.asarray(v).astype(signature[k].dtype.as_numpy_dtype) for k, v in batch.items()}
+            yield {k: np.asarray(v).astype(signature[k].dtype.as_numpy_dtype) for k, v in prepared(batch).items()}
 
     ds = tf.data.Dataset.from_generator(gen, output_signature=signature)
     if count is not None:
