@@ -168,7 +168,7 @@ class BertSelfAttention(nn.Module):
         if c.is_relative and not self.is_cross_attention:
             M = c.max_position_embeddings
             if isinstance(blocks, _varlen.Blocks):
-                index = blocks.relative                                           # (G, L, L)
+                index = blocks.relative                                           # ([G,] L, L)
             else:  # queries sit after the K - S cached keys. Clipped: a packed varlen row may be longer
                 K = k.shape[2]  # than M (its cross-sequence pairs are masked but must index a real row)
                 index = jnp.clip(semantics.relative_distance_index(jnp.arange, S, K, K - S, M), 0, 2 * M - 2)
@@ -570,6 +570,13 @@ class BertPreTrainingHeads(nn.Module):
 BertClsHeads = BertPreTrainingHeads  # the name before the three backends agreed on HF's
 
 
+def _mlm_states(out, batch):
+    """The MLM head's input: last_hidden_state (B, S, H), or (B, P, H) at ``batch["mlm_positions"]`` (B, P)
+    int, which only the trainer's sparse MLM step passes (``bert_common.training.SPARSE_MLM``)."""
+    h, where = out["last_hidden_state"], batch.get("mlm_positions")
+    return h if where is None else jnp.take_along_axis(h, where[..., None], axis=1)
+
+
 class _HeadModel(nn.Module):
     """Base of the head Linen modules: the ``bert`` encoder and the flags, shared."""
     config: BertConfig
@@ -604,7 +611,7 @@ class BertForPreTrainingModule(_HeadModel):
     def __call__(self, batch):
         out, table, rest = self.encode(batch)
         heads = BertPreTrainingHeads(self.config, True, True, self.dtype, self.param_dtype, name="cls")(
-            out["last_hidden_state"], out["pooler_output"], table)
+            _mlm_states(out, batch), out["pooler_output"], table)
         res = {"prediction_logits": heads["mlm"], "seq_relationship_logits": heads["nsp"], **rest}
         if "labels" in batch and "next_sentence_label" in batch:
             res["loss"] = (_ce(heads["mlm"], batch["labels"])
@@ -629,7 +636,7 @@ class BertForMaskedLMModule(_HeadModel):
     def __call__(self, batch):
         out, table, rest = self.encode(batch)
         logits = BertPreTrainingHeads(self.config, True, False, self.dtype, self.param_dtype, name="cls")(
-            out["last_hidden_state"], None, table)["mlm"]
+            _mlm_states(out, batch), None, table)["mlm"]
         res = {"logits": logits, **rest}
         if "labels" in batch:
             res["loss"] = _ce(logits, batch["labels"])

@@ -25,7 +25,13 @@ canonical ``TrainState`` and the loop) is ``bert_common.training``; this module 
 - ``args.dtype == "bfloat16"``: the forward and backward run in bf16 (softmax, LayerNorm and the loss
   in fp32), parameters, gradients and moments stay fp32;
 - dropout (``args.dropout``) draws from ``fold_in(fold_in(PRNGKey(seed), step), micro_batch)``, so a
-  resumed run draws the same masks as an uninterrupted one.
+  resumed run draws the same masks as an uninterrupted one;
+- the MLM heads of ``bert_common.training.SPARSE_MLM`` (pretraining, masked LM) run on the labelled
+  positions only: the host adds ``mlm_positions`` (B, P) (``with_mlm_positions``) to the placed batch, the
+  Linen head gathers the last hidden states there before ``cls.predictions`` ((b, P, V) logits, not
+  (b, S, V)) and the loss gathers ``labels`` the same way. The encoder, its dropout streams and the
+  parameter tree are those of the full forward, so the update is the full-logits one up to the order of
+  float additions. P is a power of two, so the step compiles once per (batch shape, P), a handful of times.
 
 Shape legend: B global batch, K accumulation micro-batches, S sequence length, V vocab, L labels.
 """
@@ -45,7 +51,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from bert_common.config import BertConfig
 from bert_common.semantics import IGNORE_INDEX, packed_rows, problem_type
-from bert_common.training import CLIP_EPS, TrainingArguments, TrainState, decays, lr_at
+from bert_common.training import (CLIP_EPS, MLM_POSITIONS, SPARSE_MLM, TrainingArguments, TrainState, decays,
+                                  lr_at, with_mlm_positions)
 from bert_common.validation import check_inputs
 from bert_common.weights import canonical_shapes, scheme_path, to_scheme
 
@@ -342,7 +349,8 @@ class Trainer:
 
     ``step(batch)`` takes the batch contract (NumPy, global batch B = rows of every device and micro-batch)
     or the output of ``shard(batch)``; it returns the loss of the whole batch (Hugging Face's, before the
-    update) as a Python float. ``trace_count`` counts compilations of the step (one per batch shape).
+    update) as a Python float. ``trace_count`` counts compilations of the step (one per batch shape, and
+    for ``SPARSE_MLM`` heads per number P of gathered MLM positions too).
     """
 
     def __init__(self, model, args: TrainingArguments, *, mesh_shape: tuple[int, ...] | None = None,
@@ -352,6 +360,8 @@ class Trainer:
         self.args = args
         self.config: BertConfig = model.config
         self.model_class = model.model_class
+        # Read here, not per step, so one Trainer keeps one path (tests patch SPARSE_MLM to get the full one).
+        self.sparse_mlm = self.model_class in SPARSE_MLM
         self.add_pooling_layer = model.add_pooling_layer
         self._model = model
         self.mesh = make_mesh(args.devices, args.parallelism, mesh_shape)
@@ -440,23 +450,32 @@ class Trainer:
             else:
                 labels = labels.astype(np.float32)
             out[t.label] = labels
-        return out
+        # (B, P) int32 positions of the labelled tokens for the sparse MLM head; placed like every array.
+        return with_mlm_positions(out) if self.sparse_mlm else out
 
     # ---------------------------------------------------------------- the step
     def _train_step(self, state: train_state.TrainState, batch: dict):
         """state, batch (K, B/K, ...) -> (new state, loss of the whole batch). Traced once per shape."""
         self.trace_count += 1   # Python side effect: runs at trace time only, so it counts compilations
         config, args = self.config, self.args
-        # Global denominators (the loss reduction rule), from the whole batch before splitting it.
+        # Global denominators (the loss reduction rule), from the whole batch before splitting it. With
+        # sparse MLM these count the full (K, B/K, S) labels: the gathered ones hold each labelled token
+        # exactly once, so the count is the same (the tests check it).
         counts = loss_counts(self.model_class, config, batch)
         inputs = [k for k in MODEL_INPUTS if k in batch]
         train = bool(args.dropout)
         step_key = jax.random.fold_in(jax.random.PRNGKey(args.seed), state.step)
 
         def micro_loss(params, micro, index):
-            out = self._compute.apply(params, train=train, check="off",
-                                      dropout_rng=jax.random.fold_in(step_key, index) if train else None,
-                                      **{k: micro[k] for k in inputs})
+            feed = {k: micro[k] for k in inputs}
+            if MLM_POSITIONS in micro:
+                # The head modules gather the last hidden states at these (b, P) positions before the MLM
+                # head. ``_apply`` is ``apply`` below its keyword check, which (rightly) refuses this key
+                # from users; under tracing with check="off" it checks shapes only.
+                feed[MLM_POSITIONS] = micro[MLM_POSITIONS]
+                micro = {**micro, "labels": jnp.take_along_axis(micro["labels"], micro[MLM_POSITIONS], axis=1)}
+            dropout_rng = jax.random.fold_in(step_key, index) if train else None
+            out = self._compute._apply(params, feed, train, dropout_rng, False, False, None, "off")
             return head_loss(self.model_class, config, out, micro, counts)
 
         def accumulate(carry, xs):

@@ -241,7 +241,11 @@ def test_state_round_trip_continues_identically(setup, straight, second):
 
 
 def test_step_compiles_once_per_shape(setup, straight, second):
-    config, init, _ = setup
+    """One compilation per (batch shape, P), P the gathered MLM positions of the sparse head: every batch
+    of the synthetic data (1-2 masked tokens a row) has P = 8, so only a new S or a busier batch compiles."""
+    from bert_common.training import with_mlm_positions
+    config, init, batches = setup
+    assert all(with_mlm_positions(b)["mlm_positions"].shape == (8, 8) for b in batches)
     assert straight["trace_count"] == 1   # 10 updates + a set_state + 10 more, one compilation
     second.set_state(_fresh(init))
     before = second.trace_count
@@ -252,6 +256,15 @@ def test_step_compiles_once_per_shape(setup, straight, second):
     for b in _batches(config, 2, seq_len=12):   # a new shape compiles once more, then is cached too
         second.step(b)
     assert second.trace_count == 2
+    busy = dict(batches[0])
+    busy["labels"] = busy["labels"].copy()
+    busy["labels"][0, :10] = busy["input_ids"][0, :10]   # 10 labels in a row: P = 16 = S, a new program
+    assert with_mlm_positions(busy)["mlm_positions"].shape == (8, 16)
+    second.step(busy)
+    second.step(busy)
+    assert second.trace_count == 3
+    second.step(batches[1])   # back to P = 8: cached
+    assert second.trace_count == 3
 
 
 def test_accumulation_equals_one_batch(setup, straight):
@@ -275,6 +288,100 @@ def test_bfloat16_mixed_precision(setup, straight):
     state = trainer.get_state()
     moved = max(np.max(np.abs(state.params[k] - init[k])) for k in init)
     assert moved > 1e-3 and state.step == 3
+
+
+# ---------------------------------------------------------------------------------------------- sparse MLM
+SPARSE_ARGS = dict(learning_rate=1e-3, max_steps=10, batch_size=8, warmup_steps=0, max_grad_norm=None, dropout=True,
+                   gradient_accumulation_steps=2)
+
+
+@pytest.fixture(scope="module", params=["BertForPreTraining", "BertForMaskedLM"])
+def sparse_pair(request):
+    """One update from the same weights with the sparse MLM head and with the full-logits one (SPARSE_MLM
+    patched empty), dropout on (so the masks must match too) and 2 accumulation micro-batches."""
+    import bert_flax.training as flax_training
+    from bert_common.training import SPARSE_MLM
+    model_class = request.param
+    config = tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    init = random_weights(config, model_class, seed=0)
+    batch = _batches(config, 1)[0]
+    out = {"class": model_class, "config": config, "init": init, "batch": batch}
+    for name, table in (("sparse", SPARSE_MLM), ("full", {})):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(flax_training, "SPARSE_MLM", table)
+            trainer = Trainer(build(model_class, config, init), TrainingArguments(**SPARSE_ARGS),
+                              compiler_options=FAST)
+        assert trainer.sparse_mlm == (name == "sparse")
+        out[name] = {"trainer": trainer, "loss": trainer.step(batch), "state": trainer.get_state()}
+    return out
+
+
+def test_sparse_mlm_update_is_the_full_logits_update(sparse_pair):
+    """Same loss, same gradients, same weights as the full-logits step. The two differ only in the order of
+    fp32 additions (the decoder's gradient sums over P instead of S rows per example, of which the extra
+    rows are zero), so: the loss within 1e-6 relative (measured: bit-equal), each gradient within 2e-6 of
+    its tensor's largest entry (~16 fp32 ulps; measured <= 5e-7), the weights within the conformance
+    tolerance of an AdamW step. Gradients are read from exp_avg: from zero moments it is (1 - b1) * g.
+    The attention key biases are held to the global scale only: softmax is invariant to them, so their
+    gradient is zero but for rounding, and its rounding noise has no scale of its own."""
+    sparse, full, init = sparse_pair["sparse"], sparse_pair["full"], sparse_pair["init"]
+    np.testing.assert_allclose(sparse["loss"], full["loss"], rtol=1e-6)
+    # the spare slots (labels -100) add nothing: the gathered labels hold every labelled token once
+    from bert_common.training import loss_normalizers, with_mlm_positions
+    batch = with_mlm_positions(sparse_pair["batch"])
+    gathered = np.take_along_axis(batch["labels"], batch["mlm_positions"], axis=1)
+    assert loss_normalizers({**batch, "labels": gathered}) == loss_normalizers(batch)
+    assert sorted(gathered[gathered != -100]) == sorted(batch["labels"][batch["labels"] != -100])
+    g_s, g_f = sparse["state"].exp_avg, full["state"].exp_avg
+    scale = max(np.max(np.abs(g)) for g in g_f.values())
+    assert scale > 1e-3
+    for name in init:
+        limit = scale if name.endswith("attention.self.key.bias") else np.max(np.abs(g_f[name]))
+        assert np.max(np.abs(g_s[name] - g_f[name])) <= 2e-6 * limit, name
+        assert np.max(np.abs(g_f[name])) > 0 or name.endswith("key.bias"), name   # every weight is trained
+    tol = tolerance("float32", "cpu").step
+    for name in init:
+        np.testing.assert_allclose(sparse["state"].params[name], full["state"].params[name], rtol=0, atol=tol.abs,
+                                   err_msg=name)
+    assert max(np.max(np.abs(full["state"].params[k] - init[k])) for k in init) > 100 * tol.abs   # it moved
+
+
+def _dot_shapes(jaxpr):
+    """Output shapes of every dot_general in a jaxpr, nested jaxprs (jit, scan, grad) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield tuple(eqn.outvars[0].aval.shape)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _dot_shapes(inner)
+
+
+def test_sparse_mlm_head_runs_on_the_gathered_rows(sparse_pair):
+    """The traced step's vocabulary matmul is (b, P, V) with P = 8 gathered positions, not (b, S, V) with
+    S = 16 (b = 4: 8 rows in 2 micro-batches); the full path keeps (b, S, V)."""
+    config = sparse_pair["config"]
+    V = config.vocab_size
+    shapes = {}
+    for name in ("sparse", "full"):
+        trainer = sparse_pair[name]["trainer"]
+        arrays = trainer.shard(sparse_pair["batch"]).arrays
+        assert ("mlm_positions" in arrays) == (name == "sparse")
+        jaxpr = trainer._step.trace(trainer.state, arrays).jaxpr   # the jitted step as traced, not compiled
+        shapes[name] = {s for s in _dot_shapes(jaxpr.jaxpr) if len(s) == 3 and s[-1] == V}
+    assert shapes == {"sparse": {(4, 8, V)}, "full": {(4, 16, V)}}
+    assert sparse_pair["sparse"]["trainer"].shard(sparse_pair["batch"]).arrays["mlm_positions"].shape == (2, 4, 8)
+
+
+def test_mlm_positions_stay_private(setup):
+    """Only the trainer passes mlm_positions: the public forward still refuses the keyword."""
+    config, init, batches = setup
+    model = build(CLASS, config, init)
+    with pytest.raises(TypeError, match="mlm_positions"):
+        model(input_ids=batches[0]["input_ids"], mlm_positions=np.zeros((8, 8), np.int32))
+    with pytest.raises(TypeError, match="mlm_positions"):
+        model.apply(model.params, input_ids=batches[0]["input_ids"], mlm_positions=np.zeros((8, 8), np.int32))
 
 
 # ---------------------------------------------------------------------------------------------- bad input
