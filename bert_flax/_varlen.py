@@ -51,10 +51,11 @@ def bucketed_plan(attention_mask: np.ndarray | None, position_ids: np.ndarray | 
 
 def plan_arrays(plan: varlen.Plan, config: BertConfig) -> dict[str, np.ndarray]:
     """What the jitted encoder needs of the plan: gather (G, L), slot (T,), allowed (G, 1|L, L) bool and,
-    for relative position types, the distance-embedding index (G, L, L), all from ``bert_common.varlen``."""
+    for relative position types, the distance-embedding index: (L, L) when one lane-difference index serves
+    every block (the usual case), else (G, L, L); all from ``bert_common.varlen``."""
     out = {"gather": plan.gather, "slot": plan.slot, "allowed": varlen.block_allowed(plan, config.is_decoder)}
     if config.is_relative:
-        out["relative"] = varlen.block_relative_index(plan, config.max_position_embeddings)
+        out["relative"] = varlen.block_relative_index(plan, config.max_position_embeddings, shared=True)
     return out
 
 
@@ -65,7 +66,7 @@ class Blocks(NamedTuple):
     gather: jax.Array               # (G, L) int32: the packed token in each block slot
     slot: jax.Array                 # (T,) int32: g * L + l, where each packed token sits
     mask: jax.Array                 # (G, 1, 1|L, L) additive: 0 kept, finfo(dtype).min dropped
-    relative: jax.Array | None      # (G, L, L) int32 distance_embedding index (relative types), else None
+    relative: jax.Array | None      # (L, L) | (G, L, L) int32 distance_embedding index (relative), else None
 
 
 def blocks(arrays: Mapping[str, jax.Array], dtype) -> Blocks:

@@ -34,7 +34,7 @@ class Blocks(NamedTuple):
 
     gather (G, L) int32: the packed token in each block slot; slot (T,) int32: ``g * L + l`` of each packed
     token; mask (G, 1, 1|L, L) additive in the mask dtype (0 kept, ``finfo.min`` dropped); relative
-    (G, L, L) int32 index into ``distance_embedding`` or None (absolute positions).
+    ([G,] L, L) int32 index into ``distance_embedding`` (shared by every block when it can be) or None.
     """
     gather: tf.Tensor
     slot: tf.Tensor
@@ -83,7 +83,8 @@ def unpad(config: BertConfig, input_ids=None, token_type_ids=None, position_ids=
     allowed = varlen.block_allowed(plan, causal=config.is_decoder)[:, None]             # (G, 1, 1|L, L)
     relative = None
     if config.is_relative:
-        relative = tf.constant(varlen.block_relative_index(plan, config.max_position_embeddings))  # (G, L, L)
+        # (L, L) when one lane-difference index serves every block (the usual case), else (G, L, L)
+        relative = tf.constant(varlen.block_relative_index(plan, config.max_position_embeddings, shared=True))
     blocks = Blocks(tf.constant(plan.gather), tf.constant(plan.slot), _additive(allowed, mask_dtype), relative)
     return Unpadded(plan, inputs, blocks)
 
