@@ -2,14 +2,16 @@
 Face's torch BertForPreTraining with torch.optim.AdamW, same weights and batch; TF and Flax Trainers beside.
 
     .venv/bin/python benchmarks/bench_training.py [--batch 8] [--seq 128] [--iters 5] [--backends torch,tf,flax]
-                                                  [--dtype float32|bfloat16] [--device cpu|cuda]
+                                                  [--dtype float32|bfloat16] [--device cpu|cuda] [--full-logits]
 
 BERT-base shapes (12 layers, hidden 768, 12 heads, intermediate 3072), MLM labels on 15 % of the tokens,
 NSP labels, dropout on (a real training step), gradient clipping at 1.0, no weight decay on biases and
 LayerNorm in both, and in both the fused ``torch.optim.AdamW`` kernel (``transformers.Trainer``'s default
 optimizer with torch >= 2.8, ``adamw_torch_fused``; ours uses it too). What differs is the model step:
-Hugging Face computes the MLM logits at all B x S positions, our trainer only at the labelled ones
-(``bert_torch.training.SPARSE_MLM``). Ours and HF's run interleaved (ours, theirs, ours, ...) so machine load affects them
+Hugging Face computes the MLM logits at all B x S positions, our trainers (all three,
+``bert_common.training.SPARSE_MLM``) only at the labelled ones: torch at exactly those n tokens, TF and Flax
+at P slots per row (``with_mlm_positions``, a power of two for their compilers; P = 32 here).
+``--full-logits`` turns that off in every backend, for the ablation. Ours and HF's run interleaved (ours, theirs, ours, ...) so machine load affects them
 alike; the median of each and the ratio ours / HF are printed (goal <= 1.0). The TF and Flax steps
 (``bert_tf.training.Trainer``, ``bert_flax.training.Trainer``, compiled) are timed after, on the same
 batch, and reported against the same HF median. Not a test: the oracle is a benchmark-only dependency.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from bert_common.config import BertConfig
-from bert_common.training import TrainingArguments, decays
+from bert_common.training import SPARSE_MLM, TrainingArguments, decays
 from bert_common.weights import init_weights
 from bench_torch import timed  # the same synced timer (scripts run from benchmarks/)
 
@@ -72,7 +74,10 @@ def main() -> None:
     p.add_argument("--backends", default="torch,tf,flax")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--full-logits", action="store_true", help="MLM logits at every position in our trainers too")
     a = p.parse_args()
+    if a.full_logits:
+        SPARSE_MLM.clear()  # the one table every backend's trainer reads
     if a.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -107,7 +112,8 @@ def main() -> None:
             [timed(lambda: trainer.step(batch), "cpu") for _ in range(a.iters)])))
 
     print(f"training step, BertForPreTraining BERT-base, batch {a.batch} x seq {a.seq}, {a.dtype}, {a.device}, "
-          f"median of {a.iters} (torch threads {torch.get_num_threads()})")
+          f"median of {a.iters} (torch threads {torch.get_num_threads()})"
+          f"{', full MLM logits in ours' if a.full_logits else ''}")
     for name, t in rows:
         print(f"  {name:<38} {t * 1000:9.1f} ms   {t / hf:5.2f}x HF")
 

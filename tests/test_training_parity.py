@@ -5,7 +5,7 @@ the others.
 Budget (fp32): the conformance suite's fp32 row, applied to the whole run instead of one step and never
 loosened per backend or per step — every step's loss within 1e-5 relative of torch's (the forward-output
 tolerance), and every final weight within 1e-5 absolute (the one-AdamW-step tolerance). Measured against
-it (torch's trainer with its fused AdamW and MLM logits at labelled positions only): torch's own fp32 noise
+it (every trainer with MLM logits at labelled positions only, torch's with its fused AdamW): torch's own fp32 noise
 (the same run with the batch summed in 4 micro-batches instead of 1, which changes only the rounding order)
 is 1.6e-7 relative on the loss over 50 steps and 2.4e-8 on the weights; TF vs torch and Flax vs torch
 2.8e-7 on the loss and 1.2e-7 on the weights: the budget holds a 35x margin.
