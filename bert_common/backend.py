@@ -1,10 +1,13 @@
 """Backend selection: ``BERT_BACKEND=torch|tf|flax`` or ``set_backend`` before first use."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
+import sys
 from types import ModuleType
+from typing import Iterator
 
 # backend name -> (package, the framework modules it needs)
 BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -74,3 +77,35 @@ def backend_submodule(name: str, submodule: str) -> ModuleType:
     key = _normalise(name, "backend")
     _require(key)
     return importlib.import_module(f"{BACKENDS[key][0]}.{submodule}")
+
+
+class _Refuse:
+    """A meta-path finder under which importing any of ``names`` (or their submodules) raises
+    ModuleNotFoundError, as if not installed. ``sys.modules`` is not touched, so libraries that look there
+    for an optional framework (e.g. array-API helpers asking whether torch is loaded) see nothing odd."""
+
+    def __init__(self, names):
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"{fullname} is not imported while another backend loads its framework",
+                                      name=fullname)
+        return None
+
+
+@contextlib.contextmanager
+def own_framework_only(backend: str) -> Iterator[None]:
+    """While a backend imports its framework, the other backends' frameworks that are not imported yet
+    cannot be (``import`` raises ModuleNotFoundError), so a framework's optional import of another stays
+    off. Needed by TensorFlow: its ``tensorflow.lite.python.util`` imports jax whenever jax is installed
+    (in a ``try``/``except ImportError``), which would put jax (about 1 s and its memory) under
+    ``import bert_tf``. Frameworks imported before the block, or after it, are untouched."""
+    own = set(BACKENDS[backend][1])
+    foreign = {m for name, (_, needs) in BACKENDS.items() if name != backend for m in needs} - own
+    finder = _Refuse(m for m in foreign if m not in sys.modules)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)

@@ -26,6 +26,11 @@ import numpy as np
 # so it needs Keras' TensorFlow backend: choose it when Keras is not imported yet, refuse otherwise.
 if "keras" not in __import__("sys").modules and not os.environ.get("KERAS_BACKEND"):
     os.environ["KERAS_BACKEND"] = "tensorflow"
+from bert_common.backend import own_framework_only  # noqa: E402
+
+with own_framework_only("tf"):  # TensorFlow would import jax for its lite converter when jax is installed
+    import tensorflow as tf  # noqa: E402
+# Keras after TensorFlow: its TensorFlow backend finds it loaded; any other Keras backend is refused below.
 import keras  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":
@@ -33,7 +38,6 @@ if keras.backend.backend() != "tensorflow":
         f"bert_tf needs Keras' TensorFlow backend, but Keras runs on {keras.backend.backend()!r} "
         f"(KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r}). Fix: set KERAS_BACKEND=tensorflow before "
         f"Keras is first imported, or use bert_torch / bert_flax for that framework.")
-import tensorflow as tf  # noqa: E402
 
 from bert_common import semantics  # noqa: E402
 from bert_common.config import BertConfig  # noqa: E402

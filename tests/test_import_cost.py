@@ -131,8 +131,34 @@ def test_eager_only_compiles_like_torch_compiler_disable():
 @pytest.mark.slow  # importing TensorFlow alone takes ~10 s of CPU
 def test_import_bert_tf_loads_no_other_backend_or_oracle():
     pytest.importorskip("tensorflow")
-    # jax is not watched: TensorFlow's own tensorflow.lite.python.util imports it whenever it is installed.
-    assert loaded_after("import bert_tf", ("torch", "flax", "optax", "conformance", *ORACLES)) == []
+    # jax too: TensorFlow's own tensorflow.lite.python.util imports it whenever it is installed, unless
+    # bert_tf loads TensorFlow under bert_common.backend.own_framework_only (which the next import undoes).
+    watch = ("torch", "jax", "flax", "optax", "conformance", *ORACLES)
+    assert loaded_after("import bert_tf", watch) == []
+    assert loaded_after("import bert_tf, jax, torch", watch) == ["torch", "jax"]
+
+
+def test_own_framework_only_refuses_foreign_frameworks_inside_the_block_only():
+    """Inside the block, a sibling framework not yet imported fails to import as if not installed, without
+    touching sys.modules; frameworks loaded before stay usable, and after the block everything imports."""
+    code = """
+import sys
+from bert_common.backend import own_framework_only
+with own_framework_only("torch"):
+    assert "jax" not in sys.modules and sys.modules.get("flax") is None
+    try:
+        import jax
+        raise SystemExit("jax imported inside the block")
+    except ModuleNotFoundError as e:
+        assert e.name == "jax", e
+    try:
+        import optax.tree_utils
+        raise SystemExit("optax imported inside the block")
+    except ModuleNotFoundError:
+        pass
+import jax, optax
+"""
+    assert loaded_after(code, ("jax", "optax", "torch")) == ["jax", "optax"]
 
 
 def test_import_bert_flax_loads_no_other_backend_or_oracle():
