@@ -38,6 +38,7 @@ import numpy as np
 
 from bert_common import semantics
 from bert_common.config import BertConfig
+from bert_common.training import MLM_POSITIONS
 from bert_common.weights import match_state_dict, to_scheme
 from bert_flax import _varlen
 from bert_flax._base import BACKEND, SCHEME, ModelBase, resolve_dtype  # noqa: F401
@@ -571,9 +572,9 @@ BertClsHeads = BertPreTrainingHeads  # the name before the three backends agreed
 
 
 def _mlm_states(out, batch):
-    """The MLM head's input: last_hidden_state (B, S, H), or (B, P, H) at ``batch["mlm_positions"]`` (B, P)
+    """The MLM head's input: last_hidden_state (B, S, H), or (B, P, H) at ``batch[MLM_POSITIONS]`` (B, P)
     int, which only the trainer's sparse MLM step passes (``bert_common.training.SPARSE_MLM``)."""
-    h, where = out["last_hidden_state"], batch.get("mlm_positions")
+    h, where = out["last_hidden_state"], batch.get(MLM_POSITIONS)
     return h if where is None else jnp.take_along_axis(h, where[..., None], axis=1)
 
 

@@ -360,8 +360,8 @@ class Trainer:
         self.args = args
         self.config: BertConfig = model.config
         self.model_class = model.model_class
-        # Read here, not per step, so one Trainer keeps one path (tests patch SPARSE_MLM to get the full one).
-        self.sparse_mlm = self.model_class in SPARSE_MLM
+        # The MLM output field computed at labelled positions only, or None; read once: one Trainer, one path.
+        self.sparse_field = SPARSE_MLM.get(self.model_class)
         self.add_pooling_layer = model.add_pooling_layer
         self._model = model
         self.mesh = make_mesh(args.devices, args.parallelism, mesh_shape)
@@ -451,7 +451,7 @@ class Trainer:
                 labels = labels.astype(np.float32)
             out[t.label] = labels
         # (B, P) int32 positions of the labelled tokens for the sparse MLM head; placed like every array.
-        return with_mlm_positions(out) if self.sparse_mlm else out
+        return with_mlm_positions(out) if self.sparse_field is not None else out
 
     # ---------------------------------------------------------------- the step
     def _train_step(self, state: train_state.TrainState, batch: dict):

@@ -353,8 +353,8 @@ class Trainer:
         if not isinstance(args, TrainingArguments):
             raise ValueError(f"args must be a TrainingArguments, got {type(args).__name__}")
         self.args = args
-        # Output field of the MLM logits computed at labelled positions only; None: the model's own call.
-        self._sparse_field = SPARSE_MLM.get(model.model_class)
+        # The MLM output field computed at labelled positions only, or None; read once: one Trainer, one path.
+        self.sparse_field = SPARSE_MLM.get(model.model_class)
         self.strategy = strategy if strategy is not None else make_strategy(args.devices)
         replicas = 1 if self.strategy is None else self.strategy.num_replicas_in_sync
         if replicas != args.devices:
@@ -386,7 +386,7 @@ class Trainer:
         """This shard's share of the global loss (``LOSSES``). () fp32."""
         inputs = {k: v for k, v in batch.items() if k not in LABEL_KEYS and k != MLM_POSITIONS}
         training = bool(self.args.dropout)
-        if self._sparse_field is not None and MLM_POSITIONS in batch:
+        if self.sparse_field is not None and MLM_POSITIONS in batch:
             out, batch = self._sparse_mlm(inputs, batch, training)
         else:
             out = self.model(inputs, training=training, return_dict=True)
@@ -402,7 +402,7 @@ class Trainer:
         positions = batch[MLM_POSITIONS]
         out = m._bert(m._prepare(dict(inputs), {}), training)
         states = tf.gather(out["last_hidden_state"], positions, batch_dims=1)               # (b, P, H)
-        fields = {self._sparse_field: m.cls.predictions(states, m._word_embeddings())}     # (b, P, V)
+        fields = {self.sparse_field: m.cls.predictions(states, m._word_embeddings())}     # (b, P, V)
         if hasattr(m.cls, "seq_relationship"):  # pretraining: NSP on the pooled output, as the full call
             fields["seq_relationship_logits"] = m.cls.seq_relationship(out["pooler_output"])  # (b, 2)
         return fields, {**batch, "labels": tf.gather(batch["labels"], positions, batch_dims=1)}
@@ -474,7 +474,7 @@ class Trainer:
             a = np.asarray(v)
             out[k] = a.astype(np.int32) if a.dtype.kind in "iu" else a.astype(np.float32)
         # Travels with the batch (rows split like every array) to _shard_loss; never a model input.
-        return with_mlm_positions(out) if self._sparse_field is not None else out
+        return with_mlm_positions(out) if self.sparse_field is not None else out
 
     def _distribute(self, batch: dict[str, np.ndarray]):
         """Replica r's rows: its block of every micro-batch (``split_batch`` layout), concatenated."""

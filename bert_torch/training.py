@@ -157,8 +157,9 @@ class Trainer:
         self.master_dtype = master_dtype
         self.model = model.to(device=self.device, dtype=master_dtype)
         self.model.train(args.dropout)
-        self.sparse = model_class in SPARSE_MLM  # read once: one Trainer keeps one path
-        self.wrapped = self._wrap(_TrainingForward(self.model, SPARSE_MLM.get(model_class)))
+        # The MLM output field computed at labelled positions only, or None; read once: one Trainer, one path.
+        self.sparse_field = SPARSE_MLM.get(model_class)
+        self.wrapped = self._wrap(_TrainingForward(self.model, self.sparse_field))
         # Names are read after wrapping: fully_shard swaps each parameter for a DTensor in place.
         self.names = [n for n, _ in self.model.named_parameters()]
         self.params = dict(self.model.named_parameters())
@@ -199,7 +200,7 @@ class Trainer:
                 a = np.ascontiguousarray(shard[k])
                 t = torch.from_numpy(a)
                 targets[k] = (t.float() if np.issubdtype(a.dtype, np.floating) else t.long()).to(self.device)
-        if self.sparse and np.ndim(shard.get("labels")) == 2:  # flat indices of the labelled tokens, host-made
+        if self.sparse_field and np.ndim(shard.get("labels")) == 2:  # flat indices of the labelled tokens, host-made
             where = np.flatnonzero(np.asarray(shard["labels"]) != IGNORE_INDEX)
             targets[MLM_POSITIONS] = torch.from_numpy(where).to(self.device)
         return inputs, targets
